@@ -1,0 +1,82 @@
+# BaMSGAN: train -> export -> serve with Triton -> request faces / benchmark.
+# Every target runs inside .venv, which `make setup` builds from requirements.txt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.installed
+
+# train
+DATA ?= synthetic
+PRESET ?= cpu
+EPOCHS ?=
+OUT ?=
+TRAIN_ARGS ?=
+# export (RUN defaults to the newest run under runs/)
+RUN ?=
+CKPT ?=
+TRT ?=
+# serve / clients
+MODEL_REPOSITORY ?= model_repository
+ADDRESS ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+URL ?= localhost:$(GRPC_PORT)
+SEEDS ?= 0-63
+TRUNCATION ?=
+GRID ?= out/grid.png
+BENCH_OUT ?= out/bench
+BENCH_ARGS ?=
+
+.PHONY: setup setup-gpu train export serve generate bench perf-analyzer demo test data bench-attention bench-training bench-export clean-venv
+
+setup: $(SETUP_STAMP)
+$(SETUP_STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu, tensorrt
+	$(PY) -m pip install -r requirements-gpu.txt
+
+train: setup
+	$(PY) -m training.train --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") $(TRAIN_ARGS)
+
+export: setup
+	$(PY) -m export $(if $(RUN),--run "$(RUN)") $(if $(CKPT),--ckpt "$(CKPT)") $(if $(TRT),--trt) --repository $(MODEL_REPOSITORY)
+
+serve: setup
+	$(PY) -m serving --model-repository $(MODEL_REPOSITORY) --address $(ADDRESS) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+generate: setup
+	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" --out $(GRID) $(if $(TRUNCATION),--truncation $(TRUNCATION))
+
+bench: setup
+	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+perf-analyzer: setup
+	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer $(BENCH_ARGS)
+
+demo: setup
+	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))
+
+test: setup
+	$(PY) -m pytest
+
+data: setup
+	$(PY) -m training.download
+
+bench-attention: setup
+	$(PY) -m training.bench_attention
+
+bench-training: setup
+	$(PY) -m training.bench_training
+
+bench-export: setup
+	$(PY) -m export.benchmark
+
+clean-venv:
+	rm -rf $(VENV)

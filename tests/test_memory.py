@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from training.memory import MemoryRepository
+
+
+def images(count, value=None):
+    if value is not None:
+        return torch.full((count, 3, 64, 64), float(value))
+    return torch.rand(count, 3, 64, 64) * 2 - 1
+
+
+def test_never_exceeds_capacity_and_fills_in_order():
+    memory = MemoryRepository(10)
+    memory.add(images(4, 0.1))
+    assert len(memory) == 4 and torch.equal(memory.images[0], images(1, 0.1)[0])
+    memory.add(images(30))
+    assert len(memory) == 10 and memory.images.shape[0] == 10
+
+
+def test_replacement_is_random():
+    memory = MemoryRepository(50, seed=1)
+    memory.add(images(50, -1))
+    for step in range(40):
+        memory.add(images(1, step / 40))
+    replaced = (memory.images != -1).flatten(1).any(1)
+    # 40 random replacements into 50 slots: not the first or last 40 slots, and some slots hit twice.
+    assert 20 < int(replaced.sum()) < 40
+    assert not replaced[:20].all() and not replaced[-20:].all()
+
+
+def test_values_round_trip_exactly_and_resume_restores_state():
+    memory = MemoryRepository(8, seed=3)
+    stored = images(12)
+    memory.add(stored)
+    state = memory.state_dict()
+    restored = MemoryRepository(8, seed=99)
+    restored.load_state_dict(state)
+    assert len(restored) == 8 and torch.equal(restored.images, memory.images)
+    # Same RNG state: the same future samples and replacements.
+    assert torch.equal(restored.sample(5), memory.sample(5))
+    new = images(3)
+    memory.add(new)
+    restored.add(new)
+    assert torch.equal(restored.images, memory.images)
+    # Values are kept exactly as generated, in [-1, 1].
+    added = torch.cat([stored, new])
+    assert all(any(torch.equal(row, image) for image in added) for row in memory.images)
+
+
+def test_empty_and_bad_capacity():
+    with pytest.raises(RuntimeError, match="empty"):
+        MemoryRepository(4).sample(1)
+    with pytest.raises(ValueError, match="positive"):
+        MemoryRepository(0)

@@ -1,0 +1,113 @@
+"""The training loop on real faces: run directory, checkpoints, exact resume, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.checkpoint import generator_from_checkpoint, load_checkpoint
+from training.config import TrainConfig
+from training.constants import Z_DIM
+from training.images import image_grid, to_uint8_nhwc
+from training.latents import seeds_to_latents
+from training.train import LATEST, main, train
+
+from .paths import MINI_TAR
+
+pytestmark = pytest.mark.skipif(not MINI_TAR.exists(), reason=f"real data not found at {MINI_TAR}")
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(data=str(MINI_TAR), max_images=64, cache_dir=str(tmp_path / "cache"), channels=4, batch_size=16,
+                  epochs=3, memory_capacity=24, memory_fill_epoch=0, memory_replay_epoch=1, memory_store_per_step=4,
+                  sample_seeds=9, threads=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def flat_state(state):
+    """Every tensor in a checkpoint, keyed by its path, for exact comparison."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            out[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(f"{prefix}/{index}", item)
+        else:
+            out[prefix] = value
+
+    walk("", state)
+    return out
+
+
+def test_run_describes_itself_and_resume_is_exact(tmp_path):
+    config = tiny_config(tmp_path)
+    straight = train(config, tmp_path / "straight")
+
+    interrupted_dir = tmp_path / "interrupted"
+    train(tiny_config(tmp_path, epochs=2), interrupted_dir)
+    resumed = train(tiny_config(tmp_path, epochs=3), interrupted_dir, resume=True)
+    assert resumed.epoch == 3 and resumed.step_count == straight.step_count == 12
+
+    a = flat_state(load_checkpoint(tmp_path / "straight" / LATEST))
+    b = flat_state(load_checkpoint(interrupted_dir / LATEST))
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif not key.startswith("/config"):
+            assert a[key] == b[key], key
+    assert len(resumed.memory) == 24  # the memory bank filled and was carried across the resume
+
+    run = tmp_path / "straight"
+    options = json.loads((run / "options.json").read_text())
+    assert options["channels"] == 4 and options["data"] == str(MINI_TAR) and "run" in options
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == [1, 2, 3]
+    assert all(np.isfinite(s["loss_D"]) and s["images_per_s"] > 0 for s in stats)
+    assert "loss_D_memory" not in stats[0] and "loss_D_memory" in stats[1] and "loss_D_blur" in stats[0]
+    assert len(list((interrupted_dir / "stats.jsonl").read_text().splitlines())) == 3
+
+    # The sample grid is G-EMA at the fixed seeds, drawn with the one latent mapping and image conversion.
+    G = generator_from_checkpoint(load_checkpoint(run / LATEST))
+    with torch.no_grad():
+        images = to_uint8_nhwc(G(torch.from_numpy(seeds_to_latents(np.arange(9), Z_DIM)))).numpy()
+    assert np.array_equal(np.asarray(Image.open(run / "samples" / "epoch-0003.png")), image_grid(images))
+    assert (run / "samples" / "reals.png").exists()
+
+
+def test_checkpoint_is_plain_and_complete(tmp_path):
+    train(tiny_config(tmp_path, epochs=1, keep_checkpoints=1), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / LATEST, weights_only=True)
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "memory", "epoch", "step", "rng", "config", "model"):
+        assert key in state
+    assert state["memory"]["images"].abs().max() <= 1 and state["memory"]["images"].dtype == torch.float32
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-0001.pt"]
+
+
+def test_nothing_is_overwritten_and_bad_checkpoints_are_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path, epochs=1), run)
+    before = (run / LATEST).read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train(tiny_config(tmp_path, epochs=1), run)
+    assert (run / LATEST).read_bytes() == before
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        train(tiny_config(tmp_path), tmp_path / "nothing-here", resume=True)
+
+    (run / LATEST).write_bytes(before[: len(before) // 3])  # a checkpoint cut short
+    with pytest.raises(SystemExit, match="truncated"):
+        main(["--out", str(run), "--resume", "--epochs", "2"])
+
+
+def test_ablation_flags_reach_the_networks(tmp_path):
+    trainer = train(tiny_config(tmp_path, epochs=1, blur=False, memory=False, attention=False), tmp_path / "dcgan")
+    assert trainer.blurred is None and trainer.memory is None
+    assert not any("qkv" in name for name, _ in trainer.G.named_parameters())

@@ -1,0 +1,140 @@
+"""Seeds -> latents: the one definition of the mapping from integer seeds to generator inputs.
+
+Everything that turns a seed into a face uses this module: the trainer's fixed-seed sample
+grids, the Triton model (export copies this file, unchanged, into every model version so a
+version is self-contained), and the clients. It depends on numpy only.
+
+Design:
+- Counter-based: latent entry j of seed s is a pure function of (s, j) through the SplitMix64
+  mixer, so the same seed gives byte-identical latents in any batch, in any order, on any
+  machine, and the whole batch is computed with array arithmetic (no per-seed Python loop).
+- Standard normal entries by Box-Muller from two 53-bit uniforms, computed in float64 and
+  rounded once to float32.
+- Truncation (BigGAN's truncation trick): with threshold t, each entry is drawn from N(0, 1)
+  restricted to [-t, t] by rejection sampling over further counter rounds. Round 0 is the
+  untruncated draw, so entries already inside [-t, t] are kept and a truncated face stays close
+  to its untruncated self. Later rounds propose from N(0, 1) when t >= 1 and from U(-t, t) when
+  t < 1, so every round accepts with probability >= 0.6.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_MASK_MIXER_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MASK_MIXER_2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MAX_TRUNCATION_ROUNDS = 64  # P(an entry is still rejected after these) < 0.4**64
+
+MAX_SEED = 2**63 - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic is the intent)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN_GAMMA
+        x = (x ^ (x >> np.uint64(30))) * _MASK_MIXER_1
+        x = (x ^ (x >> np.uint64(27))) * _MASK_MIXER_2
+        return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(seed_keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """Uniforms in (0, 1), float64, shape [B, len(counters)], from hashed (seed, counter)."""
+    bits = _splitmix64(seed_keys[:, None] ^ _splitmix64(counters[None, :]))
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 2.0**53)
+
+
+def _normals(seed_keys: np.ndarray, dim: int, round_index: int) -> np.ndarray:
+    """Standard normals, float64 [B, dim], for one counter round (Box-Muller)."""
+    base = np.uint64(round_index) * np.uint64(4 * dim)
+    counters = base + np.arange(2 * dim, dtype=np.uint64)
+    u = _uniforms(seed_keys, counters)
+    return np.sqrt(-2.0 * np.log(u[:, :dim])) * np.cos(2.0 * np.pi * u[:, dim:])
+
+
+def _uniform_proposals(seed_keys: np.ndarray, dim: int, round_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """U(0, 1) pairs for the uniform-proposal rejection round (disjoint counters from _normals)."""
+    base = np.uint64(round_index) * np.uint64(4 * dim) + np.uint64(2 * dim)
+    u = _uniforms(seed_keys, base + np.arange(2 * dim, dtype=np.uint64))
+    return u[:, :dim], u[:, dim:]
+
+
+def validate_seeds(seeds) -> np.ndarray:
+    """Seeds as a 1-D int64 array; ValueError naming the problem otherwise."""
+    array = np.asarray(seeds)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"seeds must be integers, got dtype {array.dtype}")
+    array = array.reshape(-1)
+    if array.dtype.kind == "u" and array.size and array.max() > MAX_SEED:
+        raise ValueError(f"seeds must be at most {MAX_SEED} (INT64), got {int(array.max())}")
+    array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise ValueError(f"seeds must be non-negative, got {int(array.min())}")
+    return array
+
+
+def validate_truncation(truncation, batch: int) -> np.ndarray:
+    """Per-item truncation thresholds, float64 [batch]; inf means no truncation."""
+    values = np.asarray(truncation, dtype=np.float64).reshape(-1)
+    if values.size == 1 and batch != 1:
+        values = np.full(batch, values[0])
+    if values.size != batch:
+        raise ValueError(f"truncation needs one value per seed or a single value, got {values.size} for {batch} seeds")
+    if np.isnan(values).any():
+        raise ValueError("truncation must not be NaN")
+    if (values <= 0).any():
+        raise ValueError(f"truncation must be positive, got {float(values.min())}")
+    return values
+
+
+def seeds_to_latents(seeds, dim: int, truncation=None) -> np.ndarray:
+    """Map non-negative integer seeds to latents, float32 [len(seeds), dim].
+
+    truncation: None (no truncation), one positive threshold for all seeds, or one per seed;
+    `inf` leaves that seed untruncated.
+    """
+    seed_array = validate_seeds(seeds)
+    seed_keys = _splitmix64(seed_array.astype(np.uint64))
+    latents = _normals(seed_keys, dim, 0)
+    if truncation is not None and seed_array.size:
+        thresholds = validate_truncation(truncation, seed_array.size)[:, None]
+        rejected = np.abs(latents) > thresholds
+        for round_index in range(1, _MAX_TRUNCATION_ROUNDS + 1):
+            if not rejected.any():
+                break
+            # Normal proposals for t >= 1, uniform proposals (accepted with prob exp(-x^2/2)) for t < 1.
+            normal = _normals(seed_keys, dim, round_index)
+            u_value, u_accept = _uniform_proposals(seed_keys, dim, round_index)
+            uniform = (2.0 * u_value - 1.0) * thresholds
+            use_uniform = np.broadcast_to(thresholds < 1.0, latents.shape)
+            proposal = np.where(use_uniform, uniform, normal)
+            accepted = np.where(use_uniform, u_accept < np.exp(-0.5 * uniform**2), np.abs(normal) <= thresholds)
+            take = rejected & accepted
+            latents = np.where(take, proposal, latents)
+            rejected &= ~take
+        latents = np.clip(latents, -thresholds, thresholds)
+    return latents.astype(np.float32)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse '0-7,12,20-22' into [0..7, 12, 20, 21, 22] (inclusive ranges)."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)-(\d+)", part)
+        if match:
+            start, end = int(match[1]), int(match[2])
+            if end < start:
+                raise ValueError(f"seed range {part!r} runs backwards")
+            seeds.extend(range(start, end + 1))
+        else:
+            try:
+                seeds.append(int(part))
+            except ValueError:
+                raise ValueError(f"not a seed or a seed range: {part!r}") from None
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return seeds
