@@ -41,3 +41,24 @@ def test_eval_image_depends_only_on_its_own_latent():
 
 def test_ablation_without_attention():
     assert not any(isinstance(m, SelfAttention2d) for m in Generator(channels=8, attention=False).modules())
+
+
+def test_spectral_norm_matches_torch_and_ignores_autocast():
+    from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+    from training.spectral_norm import spectral_norm
+
+    for make in (lambda: torch.nn.Conv2d(8, 16, 3), lambda: torch.nn.ConvTranspose2d(8, 16, 4)):
+        torch.manual_seed(0)
+        ours = spectral_norm(make())
+        torch.manual_seed(0)
+        reference = torch_spectral_norm(make())
+        assert ours.state_dict().keys() == reference.state_dict().keys()
+        for _ in range(5):  # power iterations in train mode
+            torch.testing.assert_close(ours.weight, reference.weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            weight = ours.weight
+        assert weight.dtype == torch.float32
+        sigma = torch.linalg.matrix_norm(ours.eval().weight.flatten(1) if not isinstance(ours, torch.nn.ConvTranspose2d)
+                                         else ours.eval().weight.transpose(0, 1).flatten(1), ord=2)
+        assert abs(sigma.item() - 1) < 0.05

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.spectral_norm import spectral_norm
+
 ATTENTION_IMPLS = ("auto", "reference", "sdpa", "kernel")
 
 
@@ -73,14 +75,14 @@ class SelfAttention2d(nn.Module):
     One 1x1 convolution produces q, k (C/8 channels each) and v (C channels) in a single GEMM.
     """
 
-    def __init__(self, channels: int, spectral_norm: bool = True, impl: str = "auto"):
+    def __init__(self, channels: int, use_spectral_norm: bool = True, impl: str = "auto"):
         super().__init__()
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
         self.channels = channels
         self.qk_channels = max(1, channels // 8)
         qkv = nn.Conv2d(channels, 2 * self.qk_channels + channels, kernel_size=1)
-        self.qkv = nn.utils.parametrizations.spectral_norm(qkv) if spectral_norm else qkv
+        self.qkv = spectral_norm(qkv) if use_spectral_norm else qkv
         self.gamma = nn.Parameter(torch.zeros(1))
         self.impl = impl
 

@@ -106,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser = argparse.ArgumentParser(prog="python -m training.train", description="Train BaMSGAN.")
     parser.add_argument("--out", required=False, help="run directory (default runs/<time>-<data>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--bench", type=int, default=0, metavar="STEPS",
+                        help="time STEPS full training steps on random images, print images/s and peak memory, exit")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default="bamsgan", help="switch blur/memory/attention off")
-    parser.add_argument("--bench", type=int, default=0, metavar="STEPS", help="time STEPS training steps, print images/s, exit")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -210,24 +209,20 @@ def write_checkpoint(trainer: Trainer, run_dir: Path, keep: int) -> Path:
     return path
 
 
-def dataset_key(pixels: torch.Tensor) -> str:
-    return hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).hexdigest()
-
-
 def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     images = load_images(
         config.data, cache_dir=config.cache_dir, max_images=config.max_images,
         synthetic_size=config.synthetic_size, seed=config.seed,
     )
     pixels = images.pixels
-    print(f"data: {len(pixels)} images from {images.source}" + (f" ({images.skipped} unreadable files skipped)" if images.skipped else ""))
+    print(f"data: {len(pixels)} images from {images.source}")
     if len(pixels) < config.batch_size:
         raise SystemExit(f"error: the data has {len(pixels)} images, fewer than --batch-size {config.batch_size}")
     blurred = None
     if config.blur:
         _, blurred = blur_subset(
             pixels, config.blur_fraction, config.seed, config.canny_low, config.canny_high, config.blur_kernel,
-            cache_dir=config.cache_dir, cache_key=dataset_key(pixels),
+            cache_dir=config.cache_dir, cache_key=images.cache_key,
         )
         print(f"edge-blurred negatives: {len(blurred)} images ({config.blur_fraction:.0%} of the data)")
     return pixels, blurred
@@ -241,33 +236,6 @@ def run_info(config: TrainConfig, device: torch.device) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-
-
-def benchmark(trainer: Trainer, steps: int) -> None:
-    """Time `steps` training steps after 3 warm-up steps; print images/s and peak memory."""
-    order = trainer.epoch_order(0)
-    batch = trainer.config.batch_size
-    if trainer.memory is not None:  # time the full four-term step: memory filled and replayed
-        trainer.epoch = trainer.config.memory_replay_epoch
-        trainer.memory.add(torch.rand(trainer.memory.capacity, *trainer.pixels.shape[1:], device=trainer.device) * 2 - 1)
-
-    def run(count: int, offset: int) -> None:
-        for index in range(count):
-            start = ((offset + index) * batch) % max(1, len(order) - batch)
-            trainer.step(order[start : start + batch])
-
-    run(3, 0)
-    if trainer.cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    run(steps, 3)
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if trainer.cuda else float("nan")
-    print(json.dumps({"images_per_s": round(steps * batch / seconds, 1), "steps": steps, "batch_size": batch,
-                      "peak_memory_mib": round(peak, 1), "attention_impl": trainer.config.attention_impl}))
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Trainer:
@@ -334,10 +302,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Trainer:
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     if args.bench:
-        device = pick_device(config.device)
-        torch.set_num_threads(config.threads or free_cores())
-        pixels, blurred = load_data(config)
-        benchmark(Trainer(config, pixels, blurred, device), args.bench)
+        from training.bench_training import measure
+
+        print(json.dumps({"attention_impl": config.attention_impl, "batch_size": config.batch_size, **measure(config, args.bench)}))
         return
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     try:
