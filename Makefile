@@ -38,7 +38,8 @@ $(SETUP_STAMP): requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu, tensorrt
+setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu (replaces onnxruntime), tensorrt
+	$(PY) -m pip uninstall -y onnxruntime
 	$(PY) -m pip install -r requirements-gpu.txt
 
 train: setup
