@@ -26,7 +26,13 @@ URL ?= localhost:$(GRPC_PORT)
 SEEDS ?= 0-63
 TRUNCATION ?=
 GRID ?= out/grid.png
+FACES ?= out/faces
 BENCH_OUT ?= out/bench
+BATCH_SIZES ?= 1,16,64,256
+CONCURRENCY ?= 1,4,16
+RATES ?=
+WINDOW ?= 3
+MAX_WINDOWS ?= 6
 BENCH_ARGS ?=
 
 .PHONY: setup setup-gpu train export serve generate bench perf-analyzer demo test data bench-attention bench-training bench-export clean-venv
@@ -53,13 +59,16 @@ serve: setup
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 generate: setup
-	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" --out $(GRID) $(if $(TRUNCATION),--truncation $(TRUNCATION))
+	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" --out $(GRID) --each $(FACES) $(if $(TRUNCATION),--truncation $(TRUNCATION))
 
 bench: setup
-	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) --batch-sizes $(BATCH_SIZES) --concurrency $(CONCURRENCY) \
+		$(if $(RATES),--rate $(RATES)) --window $(WINDOW) --max-windows $(MAX_WINDOWS) --compare-raw $(MODEL_REPOSITORY) $(BENCH_ARGS)
 
 perf-analyzer: setup
-	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer $(BENCH_ARGS)
+	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer --batch-sizes $(BATCH_SIZES) \
+		--concurrency $(CONCURRENCY) --window $(WINDOW) --max-windows $(MAX_WINDOWS) \
+		$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json) $(BENCH_ARGS)
 
 demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))

@@ -23,32 +23,15 @@ from export.pipeline import export_checkpoint, find_checkpoint
 from training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint, save_checkpoint
 from training.images import to_uint8_nhwc
 from training.latents import seeds_to_latents
-from training.networks import Discriminator, Generator
+
+from .conftest import tiny_checkpoint_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = 8
 
 
 def tiny_state(channels: int = CHANNELS) -> dict:
-    """A checkpoint dict with random weights; BN running stats and attention gammas made non-trivial."""
-    torch.manual_seed(0)
-    generator, ema = Generator(channels=channels).train(), Generator(channels=channels).train()
-    with torch.no_grad():
-        for g in (generator, ema):
-            for name, parameter in g.named_parameters():
-                if name.endswith("gamma"):  # 0 at init would hide the attention path from parity
-                    parameter.fill_(0.5)
-            for _ in range(2):  # train-mode passes: running mean/var away from 0/1, spectral-norm u, v updated
-                g(torch.randn(16, 128))
-    return {
-        "model": {"z_dim": 128, "channels": channels, "attention": True},
-        "config": {},
-        "epoch": 3,
-        "step": 1234,
-        "G": generator.state_dict(),
-        "D": Discriminator(channels=channels).state_dict(),
-        "G_ema": ema.state_dict(),
-    }
+    return tiny_checkpoint_state(channels)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,25 @@ import math
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: clients that only tile and save PNGs start fast
+    import torch
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
     """Model output, float [-1, 1] [B, C, H, W] -> uint8 [B, H, W, C]."""
+    import torch
+
     pixels = (images.float() * 127.5 + 127.5).clamp(0.0, 255.0).round()
     return pixels.to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def from_uint8_nchw(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> model range float [-1, 1]; exact inverse of to_uint8_nhwc on uint8 values."""
-    return pixels.to(dtype) / 127.5 - 1.0
+def from_uint8_nchw(pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> model range float [-1, 1] (float32 by default); exact inverse of to_uint8_nhwc."""
+    return pixels.float() / 127.5 - 1.0 if dtype is None else pixels.to(dtype) / 127.5 - 1.0
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:

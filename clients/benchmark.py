@@ -1,0 +1,578 @@
+"""Load generator for the served `bamsgan` model: throughput, latency percentiles, server breakdown.
+
+    python -m clients.benchmark --url localhost:8001 --out out/bench \
+        --batch-sizes 1,16,64,256 --concurrency 1,4,16 [--rate 2,8] [--compare-raw model_repository]
+
+Method (the same as perf_analyzer's, so the two can be compared):
+- Closed loop: C coroutines each keep one request in flight (concurrency C). Open loop: requests
+  start at Poisson arrival times at rate R req/s whatever the server does; latency counts from
+  the *scheduled* start, so a slow server cannot hide its queueing (no coordinated omission).
+- Each request asks for B distinct seeds (a global counter), so the server computes every face.
+- After --warmup seconds, measurement windows of --window seconds are repeated until the last
+  three agree (max/min of throughput and of mean latency within 1 + --stability) or --max-windows;
+  figures are over those last windows. A request belongs to the window in which it completes.
+- Server side: deltas of Triton's statistics (get_inference_statistics) over the same windows:
+  per-request queue / compute input / infer / output time and the average executed batch size
+  (inference_count / execution_count), so client latency minus server time = transport cost.
+- The client must not be the bottleneck: asyncio with tritonclient.grpc.aio, requests spread
+  round-robin over --connections separate client objects (each its own gRPC channel and TCP
+  connection), and the client's own CPU use (process CPU seconds / wall seconds) is reported per
+  config; in open loop also the send lag (actual minus scheduled start).
+- --compare-raw measures the same exported engine in-process (training.latents.seeds_to_latents
+  + ONNX Runtime with the server's ort_threads), after the served runs, when the server is idle
+  (on a small machine they must not share the CPU), and prints served/raw images/s per batch size.
+
+Writes results.json, results.csv and latency_throughput.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import csv
+import itertools
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tqdm import tqdm
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+from tritonclient.utils import InferenceServerException
+
+from clients.generate import DEFAULT_URL, MODEL, TritonClientError, max_batch_size, model_config, normalize_url, seed_inputs
+from training.constants import Z_DIM
+from training.latents import seeds_to_latents
+
+PERCENTILES = (50, 90, 95, 99)
+STABLE_WINDOWS = 3  # like perf_analyzer: the last three windows must agree
+DEFAULT_ORT_THREADS = 2
+CLIENT_CPU_WARNING = 0.7  # of one core: above this the single-threaded event loop may be what limits throughput
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    batch_size: int
+    mode: str  # "concurrency" (closed loop) or "rate" (open loop, Poisson arrivals)
+    level: float  # concurrency, or requests/s
+
+    @property
+    def label(self) -> str:
+        return f"b={self.batch_size} c={self.level:g}" if self.mode == "concurrency" else f"b={self.batch_size} r={self.level:g}/s"
+
+
+class SeedCounter:
+    """Hands out distinct seeds: every request computes new faces."""
+
+    def __init__(self, start: int = 0):
+        self.next = start
+
+    def take(self, count: int) -> np.ndarray:
+        seeds = np.arange(self.next, self.next + count, dtype=np.int64)
+        self.next += count
+        return seeds
+
+
+def make_clients(url: str, count: int) -> list[aioclient.InferenceServerClient]:
+    """`count` aio clients, each with its own channel and TCP connection (local subchannel pool)."""
+    channel_args = [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.use_local_subchannel_pool", 1),  # otherwise channels to one target share a connection
+    ]
+    return [aioclient.InferenceServerClient(url, channel_args=channel_args) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Server statistics
+
+
+def _counter(stats: dict, name: str) -> tuple[int, int]:
+    entry = stats.get("inference_stats", {}).get(name, {})
+    return int(entry.get("count", 0)), int(entry.get("ns", 0))
+
+
+def stats_totals(response: dict) -> dict:
+    """Sum Triton's cumulative model statistics over the model's versions."""
+    totals = {"inference_count": 0, "execution_count": 0}
+    for stats in response.get("model_stats", []):
+        totals["inference_count"] += int(stats.get("inference_count", 0))
+        totals["execution_count"] += int(stats.get("execution_count", 0))
+        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+            count, ns = _counter(stats, name)
+            totals[f"{name}_count"] = totals.get(f"{name}_count", 0) + count
+            totals[f"{name}_ns"] = totals.get(f"{name}_ns", 0) + ns
+    return totals
+
+
+def server_breakdown(before: dict, after: dict) -> dict:
+    """Per-request server-side times (us) and average executed batch size between two snapshots."""
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+
+    def per_request_us(name: str) -> float | None:
+        count = delta.get(f"{name}_count", 0)
+        return delta[f"{name}_ns"] / count / 1e3 if count else None
+
+    executions = delta["execution_count"]
+    return {
+        "requests": delta.get("success_count", 0),
+        "failures": delta.get("fail_count", 0),
+        "request_us": per_request_us("success"),
+        "queue_us": per_request_us("queue"),
+        "compute_input_us": per_request_us("compute_input"),
+        "compute_infer_us": per_request_us("compute_infer"),
+        "compute_output_us": per_request_us("compute_output"),
+        "executions": executions,
+        "avg_batch_size": delta["inference_count"] / executions if executions else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One load configuration
+
+
+@dataclass
+class Snapshot:
+    time: float  # perf_counter
+    cpu: float  # this process's CPU seconds (all threads, gRPC's included)
+    server: dict
+    completed: int  # number of completion records up to `time`
+
+
+def stable(values: list[float], tolerance: float) -> bool:
+    """perf_analyzer's rule: max / min of the recent windows within 1 + tolerance."""
+    return min(values) > 0 and max(values) / min(values) <= 1 + tolerance
+
+
+async def run_config(config: LoadConfig, clients, stats_client, model: str, seeds: SeedCounter, args, bar) -> dict:
+    """Drive one configuration; measure windows until stable; return its figures."""
+    ends: list[float] = []  # completion times, appended in completion order (monotonic)
+    latencies: list[float] = []  # seconds, from the scheduled/actual start
+    failures: list[str] = []  # per completion: "" or the gRPC status
+    send_lags: list[tuple[float, float]] = []  # open loop: (scheduled start, actual - scheduled)
+    outputs = [grpcclient.InferRequestedOutput("IMAGE")]
+    client_cycle = itertools.cycle(clients)
+    stop = asyncio.Event()
+
+    async def one_request(scheduled: float) -> None:
+        inputs = seed_inputs(seeds.take(config.batch_size))
+        client = next(client_cycle)
+        status = ""
+        try:
+            await client.infer(model, inputs, outputs=outputs, client_timeout=args.timeout)
+        except InferenceServerException as error:
+            status = str(error.status() or error.message())
+        end = time.perf_counter()
+        ends.append(end)
+        latencies.append(end - scheduled)
+        failures.append(status)
+
+    async def closed_loop_worker() -> None:
+        while not stop.is_set():
+            await one_request(time.perf_counter())
+
+    async def open_loop_scheduler(rate: float) -> None:
+        rng = np.random.default_rng()
+        in_flight: set[asyncio.Task] = set()
+        scheduled = time.perf_counter()
+        while not stop.is_set():
+            scheduled += rng.exponential(1.0 / rate)
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            send_lags.append((scheduled, time.perf_counter() - scheduled))
+            task = asyncio.create_task(one_request(scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def snapshot() -> Snapshot:
+        now, cpu = time.perf_counter(), time.process_time()
+        server = stats_totals(await stats_client.get_inference_statistics(model, as_json=True, client_timeout=args.timeout))
+        return Snapshot(now, cpu, server, bisect.bisect_right(ends, now))
+
+    if config.mode == "concurrency":
+        load = [asyncio.create_task(closed_loop_worker()) for _ in range(int(config.level))]
+    else:
+        load = [asyncio.create_task(open_loop_scheduler(config.level))]
+    try:
+        await asyncio.sleep(args.warmup)
+        snapshots = [await snapshot()]
+        windows = []  # per window: requests/s and mean latency
+        while True:
+            await asyncio.sleep(max(0.0, snapshots[-1].time + args.window - time.perf_counter()))
+            snapshots.append(await snapshot())
+            first, last = snapshots[-2], snapshots[-1]
+            ok = [lat for lat, status in zip(latencies[first.completed : last.completed], failures[first.completed : last.completed]) if not status]
+            windows.append((len(ok) / (last.time - first.time), float(np.mean(ok)) if ok else 0.0))
+            bar.set_postfix_str(f"{config.label} window {len(windows)}: {windows[-1][0] * config.batch_size:.1f} img/s")
+            recent = windows[-STABLE_WINDOWS:]
+            is_stable = len(recent) == STABLE_WINDOWS and stable([w[0] for w in recent], args.stability) and stable([w[1] for w in recent], args.stability)
+            if is_stable or len(windows) >= args.max_windows:
+                break
+    finally:
+        stop.set()
+        await asyncio.gather(*load, return_exceptions=True)  # lets in-flight requests finish
+
+    used = min(STABLE_WINDOWS, len(windows))
+    first, last = snapshots[-1 - used], snapshots[-1]
+    duration = last.time - first.time
+    statuses = failures[first.completed : last.completed]
+    errors = [status for status in statuses if status]
+    # Throughput and latency count successful requests; failed ones are reported as errors.
+    measured = np.asarray([lat for lat, status in zip(latencies[first.completed : last.completed], statuses) if not status]) * 1e3
+    requests = len(measured)
+    lags = [lag for scheduled, lag in send_lags if first.time <= scheduled <= last.time]
+    percentiles = np.percentile(measured, PERCENTILES) if requests else [float("nan")] * len(PERCENTILES)
+    result = {
+        "batch_size": config.batch_size,
+        "mode": config.mode,
+        "concurrency": int(config.level) if config.mode == "concurrency" else None,
+        "rate": config.level if config.mode == "rate" else None,
+        "windows": len(windows),
+        "windows_used": used,
+        "stable": is_stable,
+        "duration_s": duration,
+        "requests": requests,
+        "images": requests * config.batch_size,
+        "requests_per_s": requests / duration,
+        "images_per_s": requests * config.batch_size / duration,
+        **{f"p{p}_ms": float(v) for p, v in zip(PERCENTILES, percentiles)},
+        "mean_ms": float(measured.mean()) if requests else float("nan"),
+        "max_ms": float(measured.max()) if requests else float("nan"),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "client_cpu": (last.cpu - first.cpu) / duration,  # cores used by this process
+        "send_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else None,
+        "server": server_breakdown(first.server, last.server),
+    }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw engine (in-process ONNX Runtime), for the serving overhead ratio
+
+
+def find_engine(path: Path, model: str, served_versions: list[str]) -> tuple[Path, Path | None]:
+    """(generator.onnx, config.pbtxt or None) from an explicit .onnx or a model repository."""
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise TritonClientError(f"no ONNX file at {path}")
+        return path, None
+    model_dir = path / model if (path / model).is_dir() else path
+    versions = sorted(int(d.name) for d in model_dir.glob("[0-9]*") if d.name.isdigit() and (d / "generator.onnx").is_file())
+    if not versions:
+        raise TritonClientError(f"no version with generator.onnx under {model_dir} (run `make export`)")
+    served = [int(v) for v in served_versions if v.isdigit() and int(v) in versions]
+    version_dir = model_dir / str(max(served) if served else max(versions))  # the served one when we can tell
+    metadata = version_dir / "metadata.json"
+    name = (json.loads(metadata.read_text()).get("engines") or {}).get("onnx") if metadata.is_file() else None
+    config = model_dir / "config.pbtxt"
+    return version_dir / (name or "generator.onnx"), config if config.is_file() else None
+
+
+def ort_threads(live_config: dict, config_pbtxt: Path | None) -> int:
+    """The server's ONNX Runtime intra-op threads: parameter ort_threads of the served config (else of
+    config.pbtxt), else 2. 0 means ONNX Runtime's default (one per core), as in the served model.py."""
+    value = live_config.get("parameters", {}).get("ort_threads", {}).get("string_value")
+    if value is None and config_pbtxt is not None:
+        match = re.search(r'key:\s*"ort_threads"\s*value:\s*\{\s*string_value:\s*"(\d+)"', config_pbtxt.read_text())
+        value = match and match[1]
+    return int(value) if value not in (None, "") else DEFAULT_ORT_THREADS
+
+
+def measure_raw(onnx_path: Path, batch_sizes: list[int], threads: int, args, seeds: SeedCounter, bar) -> list[dict]:
+    """In-process images/s of latents + ONNX Runtime: the work the server does per request."""
+    import onnxruntime as ort
+
+    # The session options of serving/python_backend/model.py (OnnxRuntimeEngine), so raw = served engine.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    results = []
+    for batch_size in batch_sizes:
+        def run_once() -> float:
+            start = time.perf_counter()
+            session.run(None, {input_name: seeds_to_latents(seeds.take(batch_size), Z_DIM)})
+            return time.perf_counter() - start
+
+        warm_until = time.perf_counter() + args.warmup
+        run_once()
+        while time.perf_counter() < warm_until:
+            run_once()
+        windows, durations = [], []
+        while True:
+            window = []
+            window_end = time.perf_counter() + args.window
+            while time.perf_counter() < window_end or not window:
+                window.append(run_once())
+            windows.append(len(window) * batch_size / sum(window))
+            durations.append(window)
+            bar.set_postfix_str(f"raw b={batch_size} window {len(windows)}: {windows[-1]:.1f} img/s")
+            is_stable = len(windows) >= STABLE_WINDOWS and stable(windows[-STABLE_WINDOWS:], args.stability)
+            if is_stable or len(windows) >= args.max_windows:
+                break
+        used = min(STABLE_WINDOWS, len(windows))
+        runs = np.concatenate(durations[-used:]) * 1e3
+        results.append({
+            "batch_size": batch_size,
+            "ort_threads": threads,
+            "windows": len(windows),
+            "stable": is_stable,
+            "runs": len(runs),
+            "images_per_s": len(runs) * batch_size / (runs.sum() / 1e3),
+            "p50_ms": float(np.percentile(runs, 50)),
+            "p99_ms": float(np.percentile(runs, 99)),
+        })
+        bar.update()
+    return results
+
+
+def served_vs_raw(results: list[dict], raw: list[dict]) -> list[dict]:
+    """Per batch size: the best closed-loop served images/s over raw images/s."""
+    rows = []
+    for raw_row in raw:
+        served = [r for r in results if r["batch_size"] == raw_row["batch_size"] and r["mode"] == "concurrency"]
+        if not served:
+            continue
+        best = max(served, key=lambda r: r["images_per_s"])
+        rows.append({
+            "batch_size": raw_row["batch_size"],
+            "served_images_per_s": best["images_per_s"],
+            "served_concurrency": best["concurrency"],
+            "raw_images_per_s": raw_row["images_per_s"],
+            "ratio": best["images_per_s"] / raw_row["images_per_s"],
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+CSV_FIELDS = [
+    "batch_size", "mode", "concurrency", "rate", "requests_per_s", "images_per_s", "p50_ms", "p90_ms", "p95_ms",
+    "p99_ms", "mean_ms", "max_ms", "errors", "requests", "windows", "stable", "client_cpu", "send_lag_p99_ms",
+]
+SERVER_FIELDS = ["request_us", "queue_us", "compute_input_us", "compute_infer_us", "compute_output_us", "avg_batch_size", "failures"]
+
+
+def write_csv(path: Path, results: list[dict]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(CSV_FIELDS + [f"server_{name}" for name in SERVER_FIELDS])
+        for r in results:
+            writer.writerow([r[name] for name in CSV_FIELDS] + [r["server"][name] for name in SERVER_FIELDS])
+
+
+def plot(path: Path, results: list[dict], raw: list[dict], title: str) -> None:
+    """Latency (p50 solid, p99 dashed) against images/s; one colour per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    batch_sizes = sorted({r["batch_size"] for r in results})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, batch_size in enumerate(batch_sizes):
+        color = colors[index % len(colors)]
+        for mode, marker in (("concurrency", "o"), ("rate", "^")):
+            rows = sorted((r for r in results if r["batch_size"] == batch_size and r["mode"] == mode), key=lambda r: r["images_per_s"])
+            if not rows:
+                continue
+            x = [r["images_per_s"] for r in rows]
+            suffix = "" if mode == "concurrency" else " (Poisson)"
+            axes.plot(x, [r["p50_ms"] for r in rows], "-", marker=marker, color=color, label=f"batch {batch_size} p50{suffix}")
+            axes.plot(x, [r["p99_ms"] for r in rows], "--", marker=marker, color=color, alpha=0.6, label=f"batch {batch_size} p99{suffix}")
+        for row in raw:
+            if row["batch_size"] == batch_size:
+                axes.axvline(row["images_per_s"], color=color, linestyle=":", alpha=0.7, label=f"batch {batch_size} raw ORT")
+    axes.set_xlabel("throughput (images/s)")
+    axes.set_ylabel("latency (ms)")
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
+
+
+def format_table(results: list[dict]) -> str:
+    header = (f"{'batch':>5} {'load':>8} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'err':>4} {'win':>4} {'queue us':>9} {'in us':>7} {'infer us':>9} {'out us':>7} {'avg B':>6} {'cli CPU':>7}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        s = r["server"]
+        load = f"c={r['concurrency']}" if r["mode"] == "concurrency" else f"r={r['rate']:g}/s"
+        lines.append(
+            f"{r['batch_size']:>5} {load:>8} {r['requests_per_s']:>8.2f} {r['images_per_s']:>8.1f} {r['p50_ms']:>8.1f} "
+            f"{r['p90_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>4} "
+            f"{str(r['windows']) + ('' if r['stable'] else '!'):>4} {_fmt(s['queue_us'], '9.0f')} {_fmt(s['compute_input_us'], '7.0f')} "
+            f"{_fmt(s['compute_infer_us'], '9.0f')} {_fmt(s['compute_output_us'], '7.0f')} {_fmt(s['avg_batch_size'], '6.2f')} "
+            f"{r['client_cpu']:>6.0%}"
+        )
+    lines.append("(win: measurement windows; '!' = not stable within --max-windows; server times per request; "
+                 "cli CPU: the benchmark process's own CPU use, 100% = one core)")
+    return "\n".join(lines)
+
+
+def format_ratio_table(rows: list[dict]) -> str:
+    lines = [f"{'batch':>5} {'served img/s':>13} {'(at c)':>6} {'raw img/s':>10} {'served/raw':>10}"]
+    for row in rows:
+        lines.append(f"{row['batch_size']:>5} {row['served_images_per_s']:>13.1f} {row['served_concurrency']:>6} "
+                     f"{row['raw_images_per_s']:>10.1f} {row['ratio']:>10.2f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(v > 0 and np.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive rates, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(prog="python -m clients.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC endpoint HOST:PORT (default %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.csv, latency_throughput.png")
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--batch-sizes", type=int_list, default=[1, 16, 64, 256], help="seeds per request (default 1,16,64,256)")
+    parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16], help="closed-loop requests in flight (default 1,4,16)")
+    parser.add_argument("--no-concurrency", action="store_true", help="skip the closed-loop sweep (only --rate)")
+    parser.add_argument("--rate", type=float_list, default=[], help="open-loop Poisson request rates, requests/s (e.g. 2,8)")
+    parser.add_argument("--window", type=float, default=5.0, help="measurement window, s (default %(default)s, like perf_analyzer)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per config, s, not measured (default %(default)s)")
+    parser.add_argument("--max-windows", type=int, default=10, help="stop after this many windows if not stable (default %(default)s)")
+    parser.add_argument("--stability", type=float, default=0.1, help="stable when max/min of the last 3 windows <= 1 + this (default %(default)s)")
+    parser.add_argument("--connections", type=int, default=4, help="client objects / gRPC connections (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request before it counts as an error")
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed; every request then gets new ones")
+    parser.add_argument("--compare-raw", nargs="?", const="model_repository", type=Path, metavar="REPO_OR_ONNX",
+                        help="also measure the served engine in-process (default model_repository) and print served/raw")
+    args = parser.parse_args(argv)
+    if args.window <= 0 or args.warmup < 0 or args.max_windows < 1 or args.connections < 1 or not 0 < args.stability < 1:
+        parser.error("need --window > 0, --warmup >= 0, --max-windows >= 1, --connections >= 1, 0 < --stability < 1")
+    if args.no_concurrency:
+        args.concurrency = []
+    if not args.concurrency and not args.rate:
+        parser.error("nothing to run: give --concurrency and/or --rate")
+    return args
+
+
+async def run_all(args, configs: list[LoadConfig], seeds: SeedCounter, bar) -> list[dict]:
+    clients = make_clients(args.url, args.connections)
+    stats_client = aioclient.InferenceServerClient(args.url)
+    try:
+        results = []
+        for config in configs:
+            results.append(await run_config(config, clients, stats_client, args.model, seeds, args, bar))
+            bar.update()
+        return results
+    finally:
+        for client in clients + [stats_client]:
+            await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.url = normalize_url(args.url)
+    try:
+        with grpcclient.InferenceServerClient(args.url) as client:
+            live_config = model_config(client, args.url, args.model, timeout=10.0, retries=3)
+            served_versions = client.get_model_metadata(args.model, as_json=True).get("versions", [])
+        limit = max_batch_size(live_config, args.model)
+        too_big = [b for b in args.batch_sizes if b > limit]
+        if too_big:
+            raise TritonClientError(f"batch sizes {too_big} exceed model '{args.model}' max_batch_size {limit}")
+        engine = find_engine(args.compare_raw, args.model, served_versions) if args.compare_raw else None
+    except (TritonClientError, InferenceServerException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+    configs = [LoadConfig(b, "concurrency", c) for b in args.batch_sizes for c in args.concurrency]
+    configs += [LoadConfig(b, "rate", r) for b in args.batch_sizes for r in args.rate]
+    seeds = SeedCounter(args.seed_start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    total = len(configs) + (len(args.batch_sizes) if engine else 0)
+    with tqdm(total=total, desc="benchmark", unit="config", file=sys.stderr) as bar:
+        results = asyncio.run(run_all(args, configs, seeds, bar))
+        raw, threads = [], None
+        if engine:
+            # Sequential on purpose: the load above has stopped, so the server is idle now.
+            threads = ort_threads(live_config, engine[1])
+            raw = measure_raw(engine[0], args.batch_sizes, threads, args, seeds, bar)
+    ratios = served_vs_raw(results, raw)
+
+    report = {
+        "tool": "clients.benchmark",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "url": args.url,
+        "model": args.model,
+        "model_versions": served_versions,
+        "max_batch_size": limit,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "results": results,
+        "raw": {"onnx": str(engine[0]), "ort_threads": threads, "results": raw} if engine else None,
+        "served_vs_raw": ratios,
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    write_csv(args.out / "results.csv", results)
+    plot(args.out / "latency_throughput.png", results, raw, f"{args.model} at {args.url} ({os.cpu_count()} CPUs)")
+
+    print(format_table(results))
+    if ratios:
+        print(f"\nserving overhead: served vs in-process ONNX Runtime ({engine[0]}, ort_threads={threads}"
+              f"{' = one per core' if threads == 0 else ''}; served = best concurrency)")
+        print(format_ratio_table(ratios))
+    busy = [r for r in results if r["client_cpu"] > CLIENT_CPU_WARNING]
+    if busy:
+        print(f"\nwarning: the benchmark process itself used up to {max(r['client_cpu'] for r in busy):.0%} of a core "
+              f"({', '.join(LoadConfig(r['batch_size'], r['mode'], r['concurrency'] or r['rate']).label for r in busy)}): "
+              f"the client may limit these figures", file=sys.stderr)
+    errors = sum(r["errors"] for r in results)
+    if errors:
+        print(f"\nwarning: {errors} failed requests ({', '.join(sorted({k for r in results for k in r['error_kinds']}))})", file=sys.stderr)
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'latency_throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Triton Python backend model: seeds -> latents -> generator -> uint8 RGB faces.
+
+export/ copies this file, with training/latents.py, generator.onnx (+ optional generator.plan)
+and metadata.json, into every version directory model_repository/bamsgan/N/, so a version is
+self-contained: it imports latents.py from its own directory, never from the training package.
+
+Every execute() call runs ONE batched forward pass for all its (dynamically batched) requests:
+seeds of the valid requests are concatenated, mapped to latents in one vectorised call and run
+through the engine at once (chunked only beyond the engine's batch limit). A request with bad
+input gets its own error response; the others in the same batch still get their images.
+
+The same file also serves the ensemble's first step (serving/ensemble_repository/bamsgan_latents):
+when config.pbtxt declares the output LATENT instead of IMAGE it stops after the latents.
+
+Engine, from metadata.json "engines", on a GPU instance: the TensorRT plan when `tensorrt` (and
+torch, for CUDA buffers) import, else ONNX Runtime with the CUDA execution provider when
+available; otherwise ONNX Runtime on CPU. config.pbtxt parameters:
+  engine       auto (default) | tensorrt | onnxruntime-cuda | onnxruntime-cpu
+  ort_threads  ONNX Runtime intra-op threads on CPU; 0 (default) = one per core
+  fp16         "true": use the FP16 ONNX variant on GPU when exported (default false)
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _error(message, code="INVALID_ARG"):
+    """An error response; with a Triton error code where the backend has codes (Triton >= 23.06).
+
+    Looked up at call time: the stub adds TritonError to pb_utils only after importing model.py.
+    """
+    code = getattr(pb_utils.TritonError, code, None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def _load_module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class OnnxRuntimeEngine:
+    """generator.onnx through ONNX Runtime: latent FP32 [B, Z] -> image UINT8 [B, 64, 64, 3]."""
+
+    def __init__(self, path, providers, threads):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+        self.max_batch = None  # any batch size
+
+    def __call__(self, latents):
+        return self.session.run([self.output_name], {self.input_name: latents})[0]
+
+
+class TensorRTEngine:
+    """generator.plan through TensorRT (>= 10 tensor API), CUDA buffers from torch."""
+
+    def __init__(self, path, device_id):
+        import tensorrt as trt
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda", device_id)
+        torch.cuda.set_device(self.device)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(path, "rb") as plan:
+            self.engine = runtime.deserialize_cuda_engine(plan.read())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {path} (built for another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        self.stream = torch.cuda.Stream(self.device)
+        self.providers = ["TensorRT"]
+
+    def __call__(self, latents):
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            inputs = torch.from_numpy(latents).to(self.device, non_blocking=True)
+            outputs = torch.empty((latents.shape[0], 64, 64, 3), dtype=torch.uint8, device=self.device)
+            self.context.set_input_shape(self.input_name, tuple(inputs.shape))
+            self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+            self.context.set_tensor_address(self.output_name, outputs.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            images = outputs.cpu()
+        return images.numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self.latents = _load_module("bamsgan_latents_" + args["model_version"], os.path.join(version_dir, "latents.py"))
+        self.has_truncation = any(item["name"] == "TRUNCATION" for item in config["input"])
+        self.output_name = config["output"][0]["name"]  # IMAGE, or LATENT for the ensemble's first step
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+        metadata_path = os.path.join(version_dir, "metadata.json")
+        metadata = {}
+        if os.path.isfile(metadata_path):
+            with open(metadata_path) as file:
+                metadata = json.load(file)
+        self.z_dim = int(metadata.get("z_dim", 128))
+        self.engine = None
+        if self.output_name == "IMAGE":
+            self.engine = self._make_engine(args, version_dir, metadata, parameters)
+
+    def _make_engine(self, args, version_dir, metadata, parameters):
+        engines = metadata.get("engines") or {"onnx": "generator.onnx"}
+        choice = parameters.get("engine", "auto") or "auto"
+        if choice not in ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"):
+            raise pb_utils.TritonModelException(f"parameter engine={choice!r}: choose auto, tensorrt, onnxruntime-cuda or onnxruntime-cpu")
+        threads = int(parameters.get("ort_threads", "0") or 0)
+        on_gpu = args.get("model_instance_kind") == "GPU"
+        device_id = int(args.get("model_instance_device_id", 0))
+
+        def path(key):
+            name = engines.get(key)
+            return os.path.join(version_dir, name) if name and os.path.isfile(os.path.join(version_dir, name)) else None
+
+        if choice == "tensorrt" and path("tensorrt") is None:
+            raise pb_utils.TritonModelException(f"parameter engine=tensorrt but {version_dir} has no TensorRT plan")
+        if choice == "tensorrt" or (choice == "auto" and on_gpu and path("tensorrt")):
+            try:
+                engine = TensorRTEngine(path("tensorrt"), device_id)
+                pb_utils.Logger.log_info(f"bamsgan: TensorRT engine {engines['tensorrt']} on GPU {device_id}")
+                return engine
+            except Exception as error:  # no tensorrt/torch, or a plan for another GPU: fall back
+                if choice == "tensorrt":
+                    raise
+                pb_utils.Logger.log_warn(f"bamsgan: TensorRT plan not usable ({error}); falling back to ONNX Runtime")
+
+        import onnxruntime as ort
+
+        use_cuda = choice == "onnxruntime-cuda" or (
+            choice == "auto" and on_gpu and "CUDAExecutionProvider" in ort.get_available_providers()
+        )
+        onnx = path("onnx_fp16") if use_cuda and parameters.get("fp16", "false").lower() == "true" else None
+        onnx = onnx or path("onnx")
+        if onnx is None:
+            raise pb_utils.TritonModelException(f"no ONNX generator in {version_dir} (metadata engines: {engines})")
+        if use_cuda:
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        engine = OnnxRuntimeEngine(onnx, providers, threads)
+        pb_utils.Logger.log_info(f"bamsgan: ONNX Runtime {os.path.basename(onnx)} with {engine.providers}")
+        return engine
+
+    def _read_request(self, request):
+        """(seeds int64 [n], truncation float64 [n] or None) of one request; ValueError if invalid."""
+        seed_tensor = pb_utils.get_input_tensor_by_name(request, "SEED")
+        if seed_tensor is None:
+            raise ValueError("SEED is required")
+        seeds = seed_tensor.as_numpy()
+        if seeds.dtype != np.int64:
+            raise ValueError(f"SEED must be INT64, got {seeds.dtype}")
+        # Triton's core guarantees [n, 1] for n >= 1; an empty request ([0, 1]) reaches the Python
+        # backend (Triton 2.41) as a 1-D array of one arbitrary value, so 1-D means empty.
+        if seeds.size == 0 or seeds.ndim == 1:
+            raise ValueError("SEED is empty: send at least one seed, shape [n, 1] with n >= 1")
+        if seeds.ndim != 2 or seeds.shape[1] != 1:
+            raise ValueError(f"SEED must have shape [n, 1], got {list(seeds.shape)}")
+        seeds = seeds[:, 0]
+        if seeds.min() < 0:
+            raise ValueError(f"SEED must be non-negative, got {int(seeds.min())}")
+
+        truncation_tensor = pb_utils.get_input_tensor_by_name(request, "TRUNCATION") if self.has_truncation else None
+        if truncation_tensor is None:
+            return seeds, None
+        truncation = truncation_tensor.as_numpy()
+        if truncation.dtype != np.float32:
+            raise ValueError(f"TRUNCATION must be FP32, got {truncation.dtype}")
+        if truncation.shape != (seeds.shape[0], 1):
+            raise ValueError(f"TRUNCATION must have the shape of SEED, [{seeds.shape[0]}, 1], got {list(truncation.shape)}")
+        truncation = truncation[:, 0].astype(np.float64)
+        if np.isnan(truncation).any():
+            raise ValueError("TRUNCATION must not be NaN")
+        if (truncation <= 0).any():
+            raise ValueError(f"TRUNCATION must be positive (or omitted for none), got {float(truncation.min())}")
+        return seeds, truncation
+
+    def _run_engine(self, latents):
+        limit = self.engine.max_batch or len(latents)
+        if len(latents) <= limit:
+            return self.engine(latents)
+        return np.concatenate([self.engine(latents[i : i + limit]) for i in range(0, len(latents), limit)])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        valid, seed_parts, truncation_parts = [], [], []
+        for index, request in enumerate(requests):
+            try:
+                seeds, truncation = self._read_request(request)
+            except ValueError as error:
+                responses[index] = _error(str(error))
+                continue
+            valid.append((index, len(seeds)))
+            seed_parts.append(seeds)
+            truncation_parts.append(truncation)
+        if not valid:
+            return responses
+
+        seeds = np.concatenate(seed_parts)
+        truncation = None
+        if any(part is not None for part in truncation_parts):
+            # Per item; inf (no truncation) for requests that sent none.
+            truncation = np.concatenate(
+                [np.full(len(s), np.inf) if t is None else t for s, t in zip(seed_parts, truncation_parts)]
+            )
+        try:
+            outputs = self.latents.seeds_to_latents(seeds, self.z_dim, truncation)
+            if self.engine is not None:
+                outputs = self._run_engine(outputs)
+        except Exception as error:  # engine failure: every request of this batch learns why
+            for index, _ in valid:
+                responses[index] = _error(f"generation failed: {error}", "INTERNAL")
+            return responses
+
+        start = 0
+        for index, count in valid:
+            responses[index] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(self.output_name, outputs[start : start + count])]
+            )
+            start += count
+        return responses
+
+    def finalize(self):
+        self.engine = None
