@@ -1,8 +1,8 @@
 """The whole system end to end, from a fresh clone (make demo):
 
-    python -m clients.demo [--data synthetic] [--epochs 6]
+    python -m clients.demo [--data synthetic] [--epochs E]
 
-1. train    python -m training.train --data synthetic --epochs E --out runs/demo-<time>
+1. train    python -m training.train --data synthetic [--epochs E] --out runs/demo-<time>
 2. export   python -m export --run runs/demo-<time>          (a new version in model_repository/)
 3. serve    Triton (serving.TritonServer) on free ports
 4. generate python -m clients.generate ... faces by seed: a grid and one PNG per seed
@@ -54,7 +54,7 @@ class Stages:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="synthetic", help="training data: synthetic or a PATH (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default %(default)s, a few minutes on 2 cores)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the CPU preset's, a few minutes on 2 cores)")
     parser.add_argument("--synthetic-size", type=int, help="images in the synthetic data set (default: the trainer's)")
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository", help="model repository to publish into and serve")
     parser.add_argument("--out", type=Path, help="where pictures and figures go (default out/demo-<time>)")
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     stages = Stages(total=6)
     server = None
     try:
-        train = [python, "-m", "training.train", "--data", args.data, "--epochs", str(args.epochs), "--out", str(run_dir)]
+        train = [python, "-m", "training.train", "--data", args.data, "--out", str(run_dir)]
+        if args.epochs:
+            train += ["--epochs", str(args.epochs)]
         if args.synthetic_size:
             train += ["--synthetic-size", str(args.synthetic_size)]
         stages.run("train", train)
