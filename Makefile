@@ -35,7 +35,9 @@ WINDOW ?= 3
 MAX_WINDOWS ?= 6
 BENCH_ARGS ?=
 
-.PHONY: setup setup-gpu train export serve generate bench perf-analyzer demo test data bench-attention bench-training bench-export clean-venv
+VERSION ?= $(shell ls -d $(MODEL_REPOSITORY)/bamsgan/[0-9]* 2>/dev/null | xargs -rn1 basename | sort -n | tail -1)
+
+.PHONY: setup setup-gpu train export serve ensemble generate bench perf-analyzer demo test data bench-attention bench-training bench-export clean-venv
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): requirements.txt
@@ -57,6 +59,10 @@ export: setup
 serve: setup
 	$(PY) -m serving --model-repository $(MODEL_REPOSITORY) --address $(ADDRESS) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+ensemble: setup  ## the full-Triton ensemble repository (native onnxruntime backend) from a published version
+	@test -n "$(VERSION)" || { echo "error: no exported version in $(MODEL_REPOSITORY)/bamsgan; run make export first" >&2; exit 2; }
+	$(PY) -m serving.ensemble --from $(MODEL_REPOSITORY)/bamsgan/$(VERSION)
 
 generate: setup
 	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" --out $(GRID) --each $(FACES) $(if $(TRUNCATION),--truncation $(TRUNCATION))
