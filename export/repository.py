@@ -191,7 +191,7 @@ def sync_config(model_dir: str | os.PathLike, model_name: str, max_batch_limit: 
     for (section, name), (data_type, dims) in wanted.items():
         tensors = {t.name: t for t in getattr(config, section)}
         if name not in tensors:
-            raise RepositoryError(f"{path} has no {section} {name!r}; add it (see CONTRACT.md) or delete the file to have export recreate it")
+            raise RepositoryError(f"{path} has no {section} {name!r}; add it (see CONTRIBUTING.md) or delete the file to have export recreate it")
         tensor = tensors[name]
         block = _tensor_block(text, section, name)
         if block is None:

@@ -244,7 +244,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Trainer:
     check_run_dir(run_dir, resume)
     state = None
     if resume:
-        state = load_checkpoint(run_dir / LATEST, map_location=device)
+        # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
+        state = load_checkpoint(run_dir / LATEST, map_location="cpu")
         saved = config_from_dict(state["config"])
         if config.epochs != saved.epochs:
             print(f"resume: training to {config.epochs} epochs (the run was started for {saved.epochs})")
