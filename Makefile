@@ -44,11 +44,14 @@ $(SETUP_STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.txt
+	@# After `make setup-gpu`, keep onnxruntime-gpu: the CPU onnxruntime package clashes with it.
+	if [ -f $(VENV)/.gpu ]; then $(PY) -m pip uninstall -y onnxruntime && $(PY) -m pip install --force-reinstall -r requirements-gpu.txt; fi
 	touch $@
 
 setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu (replaces onnxruntime), tensorrt
 	$(PY) -m pip uninstall -y onnxruntime
 	$(PY) -m pip install -r requirements-gpu.txt
+	touch $(VENV)/.gpu
 
 train: setup
 	$(PY) -m training.train --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") $(TRAIN_ARGS)

@@ -301,7 +301,13 @@ def measure_raw(onnx_path: Path, batch_sizes: list[int], threads: int, args, see
     options.inter_op_num_threads = 1
     if threads > 0:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    # ONNX Runtime's CUDA provider where this host has it (the served model's GPU fallback engine);
+    # a served TensorRT plan is not what this measures, and the report names the provider used.
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+    print(f"raw baseline: {onnx_path} on {session.get_providers()[0]}", file=sys.stderr)
     input_name = session.get_inputs()[0].name
     results = []
     for batch_size in batch_sizes:

@@ -52,7 +52,7 @@ def test_run_describes_itself_and_resume_is_exact(tmp_path):
 
     interrupted_dir = tmp_path / "interrupted"
     train(tiny_config(tmp_path, epochs=2), interrupted_dir)
-    resumed = train(tiny_config(tmp_path, epochs=3), interrupted_dir, resume=True)
+    resumed = train(tiny_config(tmp_path), interrupted_dir, resume=True, resume_epochs=3)
     assert resumed.epoch == 3 and resumed.step_count == straight.step_count == 12
 
     a = flat_state(load_checkpoint(tmp_path / "straight" / LATEST))
@@ -111,3 +111,34 @@ def test_ablation_flags_reach_the_networks(tmp_path):
     trainer = train(tiny_config(tmp_path, epochs=1, blur=False, memory=False, attention=False), tmp_path / "dcgan")
     assert trainer.blurred is None and trainer.memory is None
     assert not any("qkv" in name for name, _ in trainer.G.named_parameters())
+
+
+def test_resume_continues_to_the_runs_own_epoch_count(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path, epochs=2, checkpoint_every=1), run)
+    state = load_checkpoint(run / LATEST)
+    state["epoch"] = 1  # as if interrupted after epoch 1 of 2
+    from training.checkpoint import save_checkpoint
+
+    save_checkpoint(run / LATEST, state)
+    main(["--out", str(run), "--resume"])  # no --epochs: the run's own 2, not the preset's default
+    assert load_checkpoint(run / LATEST)["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [(["--data", "/no/such/images"], "error:"), (["--max-images", "0"], "max_images"), (["--memory-capacity", "0"], "capacity")],
+)
+def test_bad_data_or_options_are_one_line_errors(tmp_path, flags, words):
+    args = ["--data", str(MINI_TAR), "--channels", "4", "--batch-size", "16", "--max-images", "64",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    with pytest.raises(SystemExit, match=words):
+        main(args + flags)
+
+
+def test_default_run_dir_has_no_glob_characters():
+    from training.train import default_run_dir
+
+    name = default_run_dir(TrainConfig(data="../shared/data/anime-faces-64/shard-*.tar")).name
+    assert name.endswith("-anime-faces-64-cpu") and "*" not in name
+    assert default_run_dir(TrainConfig(data="../shared/data/anime-faces-mini-512.tar")).name.endswith("-anime-faces-mini-512-cpu")

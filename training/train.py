@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -181,7 +182,9 @@ class Trainer:
 # -- run directory ---------------------------------------------------------------------------
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = "synthetic" if config.data == "synthetic" else Path(config.data.rstrip("/*")).stem or "data"
+    data = Path(config.data.rstrip("/"))
+    name = "synthetic" if config.data == "synthetic" else data.parent.name if any(c in data.name for c in "*?[") else data.stem
+    name = re.sub(r"[^\w.-]+", "", name) or "data"  # a glob is named after its folder: no '*' in a path
     return Path("runs") / f"{stamp}-{name}-{config.preset}"
 
 
@@ -238,7 +241,9 @@ def run_info(config: TrainConfig, device: torch.device) -> dict:
     }
 
 
-def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Trainer:
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None) -> Trainer:
+    """Train a new run in run_dir, or with resume=True continue the run there with its saved
+    options (to its own epoch count, or to `resume_epochs` when given)."""
     device = pick_device(config.device)
     torch.set_num_threads(config.threads or free_cores())
     check_run_dir(run_dir, resume)
@@ -247,9 +252,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> Trainer:
         # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
         state = load_checkpoint(run_dir / LATEST, map_location="cpu")
         saved = config_from_dict(state["config"])
-        if config.epochs != saved.epochs:
-            print(f"resume: training to {config.epochs} epochs (the run was started for {saved.epochs})")
-        config = dataclasses.replace(saved, epochs=config.epochs)
+        if resume_epochs is not None and resume_epochs != saved.epochs:
+            print(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
+        config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
     pixels, blurred = load_data(config)
     trainer = Trainer(config, pixels, blurred, device)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -309,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     try:
-        train(config, run_dir, resume=args.resume)
-    except CheckpointError as error:
+        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:  # bad data or options: one line
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
         raise SystemExit(f"\ninterrupted: continue with `python -m training.train --out {run_dir} --resume`") from None
