@@ -53,3 +53,14 @@ def test_empty_and_bad_capacity():
         MemoryRepository(4).sample(1)
     with pytest.raises(ValueError, match="positive"):
         MemoryRepository(0)
+
+
+def test_replacement_is_reproducible():
+    # Many small adds into a small bank: the case where random slots used to repeat within one add.
+    banks = [MemoryRepository(6, seed=5) for _ in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        batch = torch.rand(5, 3, 64, 64, generator=generator) * 2 - 1
+        for bank in banks:
+            bank.add(batch)
+    assert torch.equal(banks[0].images, banks[1].images)

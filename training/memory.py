@@ -33,9 +33,11 @@ class MemoryRepository:
         if free:
             self.images[self.count : self.count + free] = images[:free]
             self.count += free
-        rest = images[free:]
+        rest = images[free:][-self.capacity :]
         if len(rest):
-            slots = torch.randint(0, self.capacity, (len(rest),), device=self.images.device, generator=self.generator)
+            # Distinct random slots: with repeated indices, which write wins is unspecified (it
+            # varies between threads), and the bank must be reproducible for an exact resume.
+            slots = torch.randperm(self.capacity, device=self.images.device, generator=self.generator)[: len(rest)]
             self.images[slots] = rest
 
     def sample(self, count: int) -> torch.Tensor:
