@@ -16,6 +16,8 @@ Implementations of the attention core (all take q, k [B, N, Cqk] and v [B, N, C]
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +46,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return out.squeeze(1)
 
 
+@functools.cache  # a failed import is not cached by Python: don't retry it on every forward
 def _kernel_available() -> bool:
     try:
         from training import attention_kernel  # noqa: F401  (needs OpenAI Triton)
