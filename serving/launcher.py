@@ -289,7 +289,12 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Poll over gRPC until the server and every model of the repository are ready."""
+        """Poll until the server and every model of the repository are ready over gRPC, and the
+        HTTP and metrics endpoints accept connections.
+
+        Triton starts its endpoints one after another: gRPC can answer "ready" a moment before
+        the metrics port listens, so a caller told "ready" must not find any endpoint closed.
+        """
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
@@ -299,11 +304,20 @@ class TritonServer:
                     code = None if self.process is None else self.process.returncode
                     raise LaunchError(f"tritonserver exited (code {code}) before it was ready{self.failure_details()}")
                 with contextlib.suppress(Exception):  # not listening yet
-                    if client.is_server_ready() and all(client.is_model_ready(name) for name in self.models):
+                    if (
+                        client.is_server_ready()
+                        and all(client.is_model_ready(name) for name in self.models)
+                        and all(self._accepts_connections(port) for port in (self.http_port, self.metrics_port))
+                    ):
                         return
                 if time.monotonic() > deadline:
                     raise LaunchError(f"tritonserver not ready after {timeout:.0f} s{self.failure_details()}")
                 time.sleep(0.05)
+
+    def _accepts_connections(self, port: int) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self._client_host.strip("[]"), port), timeout=1.0):
+            return True
+        return False
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.is_file():
