@@ -32,6 +32,8 @@ BATCH_SIZES ?= 1,16,64,256
 CONCURRENCY ?= 1,4,16
 RATES ?=
 WINDOW ?= 3
+MIN_REQUESTS ?= 50
+PAIRS ?=
 MAX_WINDOWS ?= 6
 BENCH_ARGS ?=
 
@@ -72,12 +74,12 @@ generate: setup
 
 bench: setup
 	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) --batch-sizes $(BATCH_SIZES) --concurrency $(CONCURRENCY) \
-		$(if $(RATES),--rate $(RATES)) --window $(WINDOW) --max-windows $(MAX_WINDOWS) --compare-raw $(MODEL_REPOSITORY) $(BENCH_ARGS)
+		$(if $(RATES),--rate $(RATES)) --window $(WINDOW) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) --compare-raw $(MODEL_REPOSITORY) $(BENCH_ARGS)
 
 perf-analyzer: setup
 	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer --batch-sizes $(BATCH_SIZES) \
-		--concurrency $(CONCURRENCY) --window $(WINDOW) --max-windows $(MAX_WINDOWS) \
-		$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json) $(BENCH_ARGS)
+		--concurrency $(CONCURRENCY) --window $(WINDOW) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) \
+		$(if $(PAIRS),--pairs $(PAIRS),$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json)) $(BENCH_ARGS)
 
 demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))

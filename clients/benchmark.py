@@ -8,9 +8,12 @@ Method (the same as perf_analyzer's, so the two can be compared):
   start at Poisson arrival times at rate R req/s whatever the server does; latency counts from
   the *scheduled* start, so a slow server cannot hide its queueing (no coordinated omission).
 - Each request asks for B distinct seeds (a global counter), so the server computes every face.
-- After --warmup seconds, measurement windows of --window seconds are repeated until the last
-  three agree (max/min of throughput and of mean latency within 1 + --stability) or --max-windows;
-  figures are over those last windows. A request belongs to the window in which it completes.
+- After --warmup seconds, measurement windows are repeated until the last three agree (max/min
+  of throughput and of mean latency within 1 + --stability) or --max-windows; figures are over
+  those last windows. A request belongs to the window in which it completes. A window lasts
+  --window seconds and, beyond that, until --min-requests requests have completed in it (like
+  perf_analyzer's count windows): at batch 256 a 3 s window holds ~17 requests, so one request
+  more or less would move its throughput by 6 %.
 - Server side: deltas of Triton's statistics (get_inference_statistics) over the same windows:
   per-request queue / compute input / infer / output time and the average executed batch size
   (inference_count / execution_count), so client latency minus server time = transport cost.
@@ -19,8 +22,9 @@ Method (the same as perf_analyzer's, so the two can be compared):
   connection), and the client's own CPU use (process CPU seconds / wall seconds) is reported per
   config; in open loop also the send lag (actual minus scheduled start).
 - --compare-raw measures the same exported engine in-process (training.latents.seeds_to_latents
-  + ONNX Runtime with the server's ort_threads), after the served runs, when the server is idle
-  (on a small machine they must not share the CPU), and prints served/raw images/s per batch size.
+  + ONNX Runtime with the server's ort_threads) right after the served runs of each batch size,
+  when the server is idle (on a small machine they must not share the CPU), and prints served/raw
+  images/s per batch size.
 
 Writes results.json, results.csv and latency_throughput.png into --out.
 """
@@ -210,6 +214,8 @@ async def run_config(config: LoadConfig, clients, stats_client, model: str, seed
         windows = []  # per window: requests/s and mean latency
         while True:
             await asyncio.sleep(max(0.0, snapshots[-1].time + args.window - time.perf_counter()))
+            while len(ends) - snapshots[-1].completed < args.min_requests:
+                await asyncio.sleep(0.005)
             snapshots.append(await snapshot())
             first, last = snapshots[-2], snapshots[-1]
             ok = [lat for lat, status in zip(latencies[first.completed : last.completed], failures[first.completed : last.completed]) if not status]
@@ -290,11 +296,11 @@ def ort_threads(live_config: dict, config_pbtxt: Path | None) -> int:
     return int(value) if value not in (None, "") else DEFAULT_ORT_THREADS
 
 
-def measure_raw(onnx_path: Path, batch_sizes: list[int], threads: int, args, seeds: SeedCounter, bar) -> list[dict]:
-    """In-process images/s of latents + ONNX Runtime: the work the server does per request."""
+def open_raw_session(onnx_path: Path, threads: int):
+    """The served engine in this process: ONNX Runtime with the session options of
+    serving/python_backend/model.py (OnnxRuntimeEngine), so raw = served engine."""
     import onnxruntime as ort
 
-    # The session options of serving/python_backend/model.py (OnnxRuntimeEngine), so raw = served engine.
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -308,44 +314,48 @@ def measure_raw(onnx_path: Path, batch_sizes: list[int], threads: int, args, see
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
     print(f"raw baseline: {onnx_path} on {session.get_providers()[0]}", file=sys.stderr)
-    input_name = session.get_inputs()[0].name
-    results = []
-    for batch_size in batch_sizes:
-        def run_once() -> float:
-            start = time.perf_counter()
-            session.run(None, {input_name: seeds_to_latents(seeds.take(batch_size), Z_DIM)})
-            return time.perf_counter() - start
+    return session
 
-        warm_until = time.perf_counter() + args.warmup
+
+def measure_raw(session, batch_size: int, threads: int, args, seeds: SeedCounter, bar) -> dict:
+    """In-process images/s of latents + ONNX Runtime at one batch size: the work the server does
+    per request. Same warm-up, windows and stability rule as the served runs."""
+    input_name = session.get_inputs()[0].name
+
+    def run_once() -> float:
+        start = time.perf_counter()
+        session.run(None, {input_name: seeds_to_latents(seeds.take(batch_size), Z_DIM)})
+        return time.perf_counter() - start
+
+    warm_until = time.perf_counter() + args.warmup
+    run_once()
+    while time.perf_counter() < warm_until:
         run_once()
-        while time.perf_counter() < warm_until:
-            run_once()
-        windows, durations = [], []
-        while True:
-            window = []
-            window_end = time.perf_counter() + args.window
-            while time.perf_counter() < window_end or not window:
-                window.append(run_once())
-            windows.append(len(window) * batch_size / sum(window))
-            durations.append(window)
-            bar.set_postfix_str(f"raw b={batch_size} window {len(windows)}: {windows[-1]:.1f} img/s")
-            is_stable = len(windows) >= STABLE_WINDOWS and stable(windows[-STABLE_WINDOWS:], args.stability)
-            if is_stable or len(windows) >= args.max_windows:
-                break
-        used = min(STABLE_WINDOWS, len(windows))
-        runs = np.concatenate(durations[-used:]) * 1e3
-        results.append({
-            "batch_size": batch_size,
-            "ort_threads": threads,
-            "windows": len(windows),
-            "stable": is_stable,
-            "runs": len(runs),
-            "images_per_s": len(runs) * batch_size / (runs.sum() / 1e3),
-            "p50_ms": float(np.percentile(runs, 50)),
-            "p99_ms": float(np.percentile(runs, 99)),
-        })
-        bar.update()
-    return results
+    windows, durations = [], []
+    while True:
+        window = []
+        window_end = time.perf_counter() + args.window
+        while time.perf_counter() < window_end or not window:
+            window.append(run_once())
+        windows.append(len(window) * batch_size / sum(window))
+        durations.append(window)
+        bar.set_postfix_str(f"raw b={batch_size} window {len(windows)}: {windows[-1]:.1f} img/s")
+        is_stable = len(windows) >= STABLE_WINDOWS and stable(windows[-STABLE_WINDOWS:], args.stability)
+        if is_stable or len(windows) >= args.max_windows:
+            break
+    used = min(STABLE_WINDOWS, len(windows))
+    runs = np.concatenate(durations[-used:]) * 1e3
+    bar.update()
+    return {
+        "batch_size": batch_size,
+        "ort_threads": threads,
+        "windows": len(windows),
+        "stable": is_stable,
+        "runs": len(runs),
+        "images_per_s": len(runs) * batch_size / (runs.sum() / 1e3),
+        "p50_ms": float(np.percentile(runs, 50)),
+        "p99_ms": float(np.percentile(runs, 99)),
+    }
 
 
 def served_vs_raw(results: list[dict], raw: list[dict]) -> list[dict]:
@@ -485,6 +495,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--rate", type=float_list, default=[], help="open-loop Poisson request rates, requests/s (e.g. 2,8)")
     parser.add_argument("--window", type=float, default=5.0, help="measurement window, s (default %(default)s, like perf_analyzer)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per config, s, not measured (default %(default)s)")
+    parser.add_argument("--min-requests", type=int, default=50,
+                        help="a window also lasts until this many requests completed in it (default %(default)s)")
     parser.add_argument("--max-windows", type=int, default=10, help="stop after this many windows if not stable (default %(default)s)")
     parser.add_argument("--stability", type=float, default=0.1, help="stable when max/min of the last 3 windows <= 1 + this (default %(default)s)")
     parser.add_argument("--connections", type=int, default=4, help="client objects / gRPC connections (default %(default)s)")
@@ -493,8 +505,10 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--compare-raw", nargs="?", const="model_repository", type=Path, metavar="REPO_OR_ONNX",
                         help="also measure the served engine in-process (default model_repository) and print served/raw")
     args = parser.parse_args(argv)
-    if args.window <= 0 or args.warmup < 0 or args.max_windows < 1 or args.connections < 1 or not 0 < args.stability < 1:
-        parser.error("need --window > 0, --warmup >= 0, --max-windows >= 1, --connections >= 1, 0 < --stability < 1")
+    if (args.window <= 0 or args.warmup < 0 or args.min_requests < 1 or args.max_windows < 1 or args.connections < 1
+            or not 0 < args.stability < 1):
+        parser.error("need --window > 0, --warmup >= 0, --min-requests >= 1, --max-windows >= 1, --connections >= 1, "
+                     "0 < --stability < 1")
     if args.no_concurrency:
         args.concurrency = []
     if not args.concurrency and not args.rate:
@@ -537,13 +551,18 @@ def main(argv: list[str] | None = None) -> int:
     seeds = SeedCounter(args.seed_start)
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(configs) + (len(args.batch_sizes) if engine else 0)
+    threads = ort_threads(live_config, engine[1]) if engine else None
+    session = open_raw_session(engine[0], threads) if engine else None
+    results, raw = [], []
     with tqdm(total=total, desc="benchmark", unit="config", file=sys.stderr) as bar:
-        results = asyncio.run(run_all(args, configs, seeds, bar))
-        raw, threads = [], None
-        if engine:
-            # Sequential on purpose: the load above has stopped, so the server is idle now.
-            threads = ort_threads(live_config, engine[1])
-            raw = measure_raw(engine[0], args.batch_sizes, threads, args, seeds, bar)
+        for batch_size in args.batch_sizes:
+            results += asyncio.run(run_all(args, [c for c in configs if c.batch_size == batch_size], seeds, bar))
+            if session is not None:
+                # Right after the served runs of this batch size, so that the ratio compares
+                # measurements minutes apart at most (a shared machine drifts by 5-10 % over a
+                # sweep), and only now: the load has stopped, the server is idle, and on a small
+                # machine the two must not share the CPU.
+                raw.append(measure_raw(session, batch_size, threads, args, seeds, bar))
     ratios = served_vs_raw(results, raw)
 
     report = {

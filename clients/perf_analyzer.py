@@ -2,6 +2,7 @@
 
     python -m clients.perf_analyzer --url localhost:8001 --out out/perf_analyzer \
         --batch-sizes 1,16,64,256 --concurrency 1,4,16 --ours out/bench/results.json
+    python -m clients.perf_analyzer --url localhost:8001 --out out/perf_analyzer --pairs 3
     python -m clients.perf_analyzer --locate      # only find/install it and say how
 
 Where perf_analyzer comes from: the tritonclient==2.41.0 wheel ships it in its
@@ -13,13 +14,21 @@ sonames into .cache/perf_analyzer/lib/ and put that folder on LD_LIBRARY_PATH.
 
 Same method as clients.benchmark: closed loop at each concurrency, -b seeds per request, distinct
 seeds per request (an --input-data JSON of batch-1 SEED entries; perf_analyzer fills a batch of
-B from B consecutive entries and gives each request the next B), --measurement-interval =
---window, --stability-percentage = 100 * --stability, --max-trials = --max-windows.
+B from B consecutive entries and gives each request the next B), count windows
+(--measurement-mode count_windows: a window lasts --measurement-interval = --window and longer
+until --measurement-request-count = --min-requests requests completed, as ours do),
+--stability-percentage = 100 * --stability, --max-trials = --max-windows.
+
+--pairs N runs the two tools alternately, N times per configuration (ours, perf_analyzer, ours,
+...), and reports the median of each and the median and range of the per-pair ratios. On a
+small shared machine consecutive runs of one tool differ by 5-10 %, so a single run of each,
+minutes apart, cannot tell a real difference from drift; adjacent pairs can.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import importlib.metadata
 import importlib.util
@@ -28,14 +37,19 @@ import os
 import re
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+from tritonclient.utils import InferenceServerException
+
+from clients import benchmark
 from clients.benchmark import int_list
-from clients.generate import DEFAULT_URL, MODEL, normalize_url
+from clients.generate import DEFAULT_URL, MODEL, TritonClientError, normalize_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache" / "perf_analyzer"
@@ -203,12 +217,13 @@ def run_one(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, dat
     command = [
         str(analyzer.binary), "-m", args.model, "-i", "grpc", "-u", args.url,
         "-b", str(batch_size), "--concurrency-range", str(concurrency), "--max-threads", str(max(16, concurrency)),
+        "--measurement-mode", "count_windows", "--measurement-request-count", str(args.min_requests),
         "--measurement-interval", str(int(args.window * 1000)), "--stability-percentage", f"{args.stability * 100:g}",
         "--max-trials", str(args.max_windows), "--input-data", str(data_file), "-f", str(csv_path),
         "-v",  # per-window lines: the figures we still report when a config does not stabilise
     ]
     csv_path.unlink(missing_ok=True)
-    timeout = 120 + 3 * args.window * args.max_windows
+    timeout = 300 + 3 * args.window * args.max_windows  # count windows can outlast --window: be generous
     result = subprocess.run(command, env=analyzer.environment(), capture_output=True, text=True, timeout=timeout)
     log_path.write_text(" ".join(command) + "\n\n" + result.stdout + result.stderr)
     if csv_path.is_file():
@@ -268,6 +283,57 @@ def format_comparison(rows: list[dict], ours: dict[tuple[int, int], dict], toler
     return "\n".join(lines)
 
 
+def run_ours(args, batch_size: int, concurrency: int, seeds: "benchmark.SeedCounter", bar) -> dict:
+    """One closed-loop configuration measured by clients.benchmark, with the same window settings."""
+    bench_args = benchmark.parse_args([
+        "--url", args.url, "--out", str(args.out), "--model", args.model, "--window", str(args.window),
+        "--warmup", str(args.warmup), "--min-requests", str(args.min_requests), "--max-windows", str(args.max_windows),
+        "--stability", str(args.stability),
+    ])
+    config = benchmark.LoadConfig(batch_size, "concurrency", concurrency)
+    [row] = asyncio.run(benchmark.run_all(bench_args, [config], seeds, bar))
+    return row
+
+
+def run_pairs(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, data_file: Path, seeds, bar) -> dict:
+    """--pairs N: ours and perf_analyzer alternately, N times; medians and the per-pair ratios."""
+    ours, theirs = [], []
+    for _ in range(args.pairs):
+        ours.append(run_ours(args, batch_size, concurrency, seeds, bar))
+        bar.set_postfix_str(f"b={batch_size} c={concurrency}: perf_analyzer")
+        theirs.append(run_one(analyzer, args, batch_size, concurrency, data_file))
+        bar.update()
+    ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(ours, theirs)]
+    return {
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "ours_images_per_s": [r["images_per_s"] for r in ours],
+        "pa_images_per_s": [r["images_per_s"] for r in theirs],
+        "ours_p50_ms": [r["p50_ms"] for r in ours],
+        "pa_p50_ms": [r["p50_ms"] for r in theirs],
+        "ratios": ratios,
+        "ours_median": statistics.median(r["images_per_s"] for r in ours),
+        "pa_median": statistics.median(r["images_per_s"] for r in theirs),
+        "ratio_median": statistics.median(ratios),
+        "stable": all(r["stable"] for r in ours + theirs),
+    }
+
+
+def format_pairs(rows: list[dict], tolerance: float = 0.10) -> str:
+    lines = [f"{'batch':>5} {'conc':>5} {'ours img/s':>11} {'PA img/s':>10} {'ours/PA':>8} {'pair ratios':>20}  agreement"]
+    for row in rows:
+        ratio = row["ratio_median"]
+        verdict = "ok" if abs(ratio - 1) <= tolerance else f"off by more than {tolerance:.0%}"
+        if not row["stable"]:
+            verdict += " (some runs unstable)"
+        spread = f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}"
+        lines.append(f"{row['batch_size']:>5} {row['concurrency']:>5} {row['ours_median']:>11.1f} {row['pa_median']:>10.1f} "
+                     f"{ratio:>8.2f} {spread:>20}  {verdict}")
+    lines.append(f"(medians of {len(rows[0]['ratios']) if rows else 0} alternating runs per configuration; "
+                 "ours/PA = median of the per-pair ratios; images/s = perf_analyzer's infer/sec)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.perf_analyzer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC endpoint HOST:PORT (default %(default)s)")
@@ -277,8 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16])
     parser.add_argument("--window", type=float, default=5.0, help="--measurement-interval in s (default %(default)s)")
     parser.add_argument("--stability", type=float, default=0.1, help="--stability-percentage / 100 (default %(default)s)")
+    parser.add_argument("--min-requests", type=int, default=50, help="--measurement-request-count (default %(default)s)")
     parser.add_argument("--max-windows", type=int, default=10, help="--max-trials (default %(default)s)")
     parser.add_argument("--ours", type=Path, help="clients.benchmark results.json to compare with")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="run clients.benchmark and perf_analyzer alternately this many times per configuration "
+                             "and compare medians (instead of --ours)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="with --pairs: our warm-up per run, s (default %(default)s)")
     parser.add_argument("--locate", action="store_true", help="only find (or install) perf_analyzer and print how to run it")
     parser.add_argument("--no-download", action="store_true", help="do not pip download the wheel when perf_analyzer is missing")
     args = parser.parse_args(argv)
@@ -287,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out DIR is required (or use --locate)")
     if args.ours is not None and not args.ours.is_file():
         parser.error(f"--ours {args.ours}: no such file (run `make bench` first)")
+    if args.pairs < 0 or (args.pairs and args.ours is not None):
+        parser.error("--pairs N (N >= 1) measures ours itself: do not combine it with --ours")
 
     try:
         analyzer = locate(download=not args.no_download)
@@ -300,22 +373,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, pairs = [], []
+    seeds = benchmark.SeedCounter()
     try:
-        for batch_size in args.batch_sizes:
-            data_file = args.out / f"seeds_b{batch_size}.json"
-            write_seed_data(data_file, batch_size)
-            for concurrency in args.concurrency:
-                print(f"perf_analyzer: batch {batch_size}, concurrency {concurrency} ...", file=sys.stderr, flush=True)
-                rows.append(run_one(analyzer, args, batch_size, concurrency, data_file))
+        runs = len(args.batch_sizes) * len(args.concurrency) * (2 * args.pairs if args.pairs else 1)  # --pairs: ours + PA
+        with tqdm(total=runs, desc="perf_analyzer",
+                  unit="run", file=sys.stderr) as bar:
+            for batch_size in args.batch_sizes:
+                data_file = args.out / f"seeds_b{batch_size}.json"
+                write_seed_data(data_file, batch_size)
+                for concurrency in args.concurrency:
+                    if args.pairs:
+                        pairs.append(run_pairs(analyzer, args, batch_size, concurrency, data_file, seeds, bar))
+                    else:
+                        bar.set_postfix_str(f"b={batch_size} c={concurrency}")
+                        rows.append(run_one(analyzer, args, batch_size, concurrency, data_file))
+                        bar.update()
     except PerfAnalyzerNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (TritonClientError, InferenceServerException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     report = {"tool": "perf_analyzer", "version": analyzer.version(), "binary": str(analyzer.binary), "url": args.url,
               "model": args.model, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "results": rows}
+              "results": rows, "pairs": pairs}
     (args.out / "pa_results.json").write_text(json.dumps(report, indent=2))
-    print(format_comparison(rows, load_ours(args.ours) if args.ours else {}))
+    print(format_pairs(pairs) if args.pairs else format_comparison(rows, load_ours(args.ours) if args.ours else {}))
     print(f"\nwrote {args.out / 'pa_results.json'} (+ perf_analyzer's CSV and log per config)")
     return 0
 

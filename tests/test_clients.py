@@ -83,6 +83,9 @@ def test_bad_arguments_exit_2_with_a_message(capsys, tmp_path):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--out", str(tmp_path), "--batch-sizes", "0,4"])
     assert "positive integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--out", str(tmp_path), "--min-requests", "0"])
+    assert "--min-requests >= 1" in capsys.readouterr().err
 
 
 def test_request_faces_validates_before_connecting():
@@ -194,10 +197,12 @@ def test_benchmark_closed_loop_and_compare_raw(triton_server, tmp_path, capsys):
 def test_benchmark_open_loop_poisson(triton_server, tmp_path):
     out = tmp_path / "bench"
     code = benchmark.main(["--url", triton_server.grpc_url, "--out", str(out), "--batch-sizes", "2", "--no-concurrency",
-                           "--rate", "20", "--window", "1", "--warmup", "0.2", "--max-windows", "1"])
+                           "--rate", "20", "--window", "0.5", "--min-requests", "25", "--warmup", "0.2", "--max-windows", "1"])
     assert code == 0
     [row] = json.loads((out / "results.json").read_text())["results"]
     check_result(row, 2)
+    # The 0.5 s window (~10 arrivals at 20/s) is stretched until 25 requests completed in it.
+    assert row["requests"] >= 25 and row["duration_s"] > 0.9
     assert row["mode"] == "rate" and row["rate"] == 20 and row["concurrency"] is None
     assert row["send_lag_p99_ms"] is not None
 
@@ -249,3 +254,30 @@ def test_perf_analyzer_runs_beside_ours(triton_server, tmp_path, monkeypatch, ca
     [row] = json.loads((tmp_path / "pa" / "pa_results.json").read_text())["results"]
     assert row["batch_size"] == 2 and row["concurrency"] == 1 and row["images_per_s"] > 0
     assert "ours/PA" in printed
+
+
+def test_perf_analyzer_pairs_alternate_with_ours(triton_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PERF_ANALYZER", raising=False)
+    try:
+        perf_analyzer.locate(download=False)
+    except perf_analyzer.PerfAnalyzerNotFound as error:
+        pytest.skip(f"perf_analyzer not available offline: {error}")
+    code = perf_analyzer.main(["--url", triton_server.grpc_url, "--out", str(tmp_path / "pa"), "--batch-sizes", "2",
+                               "--concurrency", "1", "--window", "0.5", "--warmup", "0.2", "--min-requests", "10",
+                               "--max-windows", "3", "--pairs", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    [pair] = json.loads((tmp_path / "pa" / "pa_results.json").read_text())["pairs"]
+    assert (pair["batch_size"], pair["concurrency"]) == (2, 1)
+    assert len(pair["ours_images_per_s"]) == len(pair["pa_images_per_s"]) == len(pair["ratios"]) == 2
+    assert pair["ratios"] == pytest.approx([a / b for a, b in zip(pair["ours_images_per_s"], pair["pa_images_per_s"])])
+    assert pair["ratio_median"] == pytest.approx(sum(pair["ratios"]) / 2) and all(r > 0 for r in pair["ratios"])
+    assert "pair ratios" in printed
+
+
+def test_perf_analyzer_pairs_exclude_ours(tmp_path, capsys):
+    ours = tmp_path / "ours.json"
+    ours.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        perf_analyzer.main(["--out", str(tmp_path), "--pairs", "2", "--ours", str(ours)])
+    assert exit_info.value.code == 2 and "do not combine it with --ours" in capsys.readouterr().err
