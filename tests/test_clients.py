@@ -238,12 +238,17 @@ def test_perf_analyzer_seed_data(tmp_path):
     assert all(e["SEED"]["shape"] == [1] for e in entries)
 
 
-def test_perf_analyzer_runs_beside_ours(triton_server, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def installed_perf_analyzer(monkeypatch):
+    """The perf_analyzer that `make setup` installs (no override, no download); skip without it."""
     monkeypatch.delenv("PERF_ANALYZER", raising=False)
     try:
-        perf_analyzer.locate(download=False)
+        return perf_analyzer.locate(download=False)
     except perf_analyzer.PerfAnalyzerNotFound as error:
         pytest.skip(f"perf_analyzer not available offline: {error}")
+
+
+def test_perf_analyzer_runs_beside_ours(triton_server, installed_perf_analyzer, tmp_path, capsys):
     ours = tmp_path / "ours.json"
     ours.write_text(json.dumps({"results": [{"batch_size": 2, "mode": "concurrency", "concurrency": 1, "images_per_s": 100.0,
                                              "p50_ms": 1.0, "p99_ms": 2.0, "stable": True}]}))
@@ -256,12 +261,7 @@ def test_perf_analyzer_runs_beside_ours(triton_server, tmp_path, monkeypatch, ca
     assert "ours/PA" in printed
 
 
-def test_perf_analyzer_pairs_alternate_with_ours(triton_server, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("PERF_ANALYZER", raising=False)
-    try:
-        perf_analyzer.locate(download=False)
-    except perf_analyzer.PerfAnalyzerNotFound as error:
-        pytest.skip(f"perf_analyzer not available offline: {error}")
+def test_perf_analyzer_pairs_alternate_with_ours(triton_server, installed_perf_analyzer, tmp_path, capsys):
     code = perf_analyzer.main(["--url", triton_server.grpc_url, "--out", str(tmp_path / "pa"), "--batch-sizes", "2",
                                "--concurrency", "1", "--window", "0.5", "--warmup", "0.2", "--min-requests", "10",
                                "--max-windows", "3", "--pairs", "2"])
