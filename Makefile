@@ -78,7 +78,7 @@ bench: setup
 
 perf-analyzer: setup
 	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer --batch-sizes $(BATCH_SIZES) \
-		--concurrency $(CONCURRENCY) --window $(WINDOW) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) \
+		--concurrency $(CONCURRENCY) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) \
 		$(if $(PAIRS),--pairs $(PAIRS),$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json)) $(BENCH_ARGS)
 
 demo: setup

@@ -13,7 +13,8 @@ Method (the same as perf_analyzer's, so the two can be compared):
   those last windows. A request belongs to the window in which it completes. A window lasts
   --window seconds and, beyond that, until --min-requests requests have completed in it (like
   perf_analyzer's count windows): at batch 256 a 3 s window holds ~17 requests, so one request
-  more or less would move its throughput by 6 %.
+  more or less would move its throughput by 6 %. In open loop at rate R that makes a window at
+  least --min-requests / R seconds long.
 - Server side: deltas of Triton's statistics (get_inference_statistics) over the same windows:
   per-request queue / compute input / infer / output time and the average executed batch size
   (inference_count / execution_count), so client latency minus server time = transport cost.
@@ -156,6 +157,13 @@ def stable(values: list[float], tolerance: float) -> bool:
     return min(values) > 0 and max(values) / min(values) <= 1 + tolerance
 
 
+def raise_if_load_failed(load: list[asyncio.Task]) -> None:
+    """A load task only ends early by an error other than a request's own (those are counted): raise it."""
+    for task in load:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+
+
 async def run_config(config: LoadConfig, clients, stats_client, model: str, seeds: SeedCounter, args, bar) -> dict:
     """Drive one configuration; measure windows until stable; return its figures."""
     ends: list[float] = []  # completion times, appended in completion order (monotonic)
@@ -214,8 +222,13 @@ async def run_config(config: LoadConfig, clients, stats_client, model: str, seed
         windows = []  # per window: requests/s and mean latency
         while True:
             await asyncio.sleep(max(0.0, snapshots[-1].time + args.window - time.perf_counter()))
-            while len(ends) - snapshots[-1].completed < args.min_requests:
+            # Stretch to --min-requests completions, but never past the time by which every request
+            # sent in the window has answered or timed out (a stalled server), nor once the load died.
+            stretch_until = snapshots[-1].time + args.window + args.timeout
+            while (len(ends) - snapshots[-1].completed < args.min_requests and time.perf_counter() < stretch_until
+                   and not any(task.done() for task in load)):
                 await asyncio.sleep(0.005)
+            raise_if_load_failed(load)
             snapshots.append(await snapshot())
             first, last = snapshots[-2], snapshots[-1]
             ok = [lat for lat, status in zip(latencies[first.completed : last.completed], failures[first.completed : last.completed]) if not status]
@@ -296,7 +309,7 @@ def ort_threads(live_config: dict, config_pbtxt: Path | None) -> int:
     return int(value) if value not in (None, "") else DEFAULT_ORT_THREADS
 
 
-def open_raw_session(onnx_path: Path, threads: int):
+def open_raw_session(onnx_path: Path, threads: int, announce: bool = True):
     """The served engine in this process: ONNX Runtime with the session options of
     serving/python_backend/model.py (OnnxRuntimeEngine), so raw = served engine."""
     import onnxruntime as ort
@@ -313,13 +326,15 @@ def open_raw_session(onnx_path: Path, threads: int):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
-    print(f"raw baseline: {onnx_path} on {session.get_providers()[0]}", file=sys.stderr)
+    if announce:
+        print(f"raw baseline: {onnx_path} on {session.get_providers()[0]}", file=sys.stderr)
     return session
 
 
 def measure_raw(session, batch_size: int, threads: int, args, seeds: SeedCounter, bar) -> dict:
     """In-process images/s of latents + ONNX Runtime at one batch size: the work the server does
-    per request. Same warm-up, windows and stability rule as the served runs."""
+    per request. Same warm-up, --window and stability rule as the served runs (no --min-requests:
+    the figure comes from summed run times, so it has no counting granularity)."""
     input_name = session.get_inputs()[0].name
 
     def run_once() -> float:
@@ -552,17 +567,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(configs) + (len(args.batch_sizes) if engine else 0)
     threads = ort_threads(live_config, engine[1]) if engine else None
-    session = open_raw_session(engine[0], threads) if engine else None
     results, raw = [], []
     with tqdm(total=total, desc="benchmark", unit="config", file=sys.stderr) as bar:
         for batch_size in args.batch_sizes:
             results += asyncio.run(run_all(args, [c for c in configs if c.batch_size == batch_size], seeds, bar))
-            if session is not None:
+            if engine:
                 # Right after the served runs of this batch size, so that the ratio compares
                 # measurements minutes apart at most (a shared machine drifts by 5-10 % over a
                 # sweep), and only now: the load has stopped, the server is idle, and on a small
-                # machine the two must not share the CPU.
+                # machine the two must not share the CPU. The session is closed again before the
+                # next served runs (on a GPU host it would hold device memory beside Triton's).
+                session = open_raw_session(engine[0], threads, announce=not raw)
                 raw.append(measure_raw(session, batch_size, threads, args, seeds, bar))
+                del session
     ratios = served_vs_raw(results, raw)
 
     report = {

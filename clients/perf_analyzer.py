@@ -15,14 +15,17 @@ sonames into .cache/perf_analyzer/lib/ and put that folder on LD_LIBRARY_PATH.
 Same method as clients.benchmark: closed loop at each concurrency, -b seeds per request, distinct
 seeds per request (an --input-data JSON of batch-1 SEED entries; perf_analyzer fills a batch of
 B from B consecutive entries and gives each request the next B), count windows
-(--measurement-mode count_windows: a window lasts --measurement-interval = --window and longer
-until --measurement-request-count = --min-requests requests completed, as ours do),
---stability-percentage = 100 * --stability, --max-trials = --max-windows.
+(--measurement-mode count_windows --measurement-request-count = --min-requests: perf_analyzer
+2.41 checks every second and closes a window once that many requests completed; it ignores
+--measurement-interval in this mode), --stability-percentage = 100 * --stability,
+--max-trials = --max-windows.
 
---pairs N runs the two tools alternately, N times per configuration (ours, perf_analyzer, ours,
-...), and reports the median of each and the median and range of the per-pair ratios. On a
-small shared machine consecutive runs of one tool differ by 5-10 %, so a single run of each,
-minutes apart, cannot tell a real difference from drift; adjacent pairs can.
+--pairs N runs the two tools alternately, N times per configuration, in alternating order
+(ours then perf_analyzer, then perf_analyzer then ours, ...) so that steady drift does not bias
+every pair the same way, with our windows on perf_analyzer's rule (1 s, then until
+--min-requests completed). It reports the median of each tool and the median and range of the
+per-pair ratios. On a small shared machine consecutive runs of one tool differ by 5-10 %, so a
+single run of each, minutes apart, cannot tell a real difference from drift; adjacent pairs can.
 """
 
 from __future__ import annotations
@@ -56,11 +59,16 @@ CACHE_DIR = REPO_ROOT / ".cache" / "perf_analyzer"
 TRITONCLIENT_VERSION = "2.41.0"
 # soname perf_analyzer asks for -> file name pattern in nvidia_pytriton.libs
 LIBRARIES = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
+PA_COUNT_WINDOW_S = 1.0  # perf_analyzer 2.41's count windows: checked every second until enough requests
 SEED_ELEMENTS_PER_FILE = 2**19  # perf_analyzer keeps (entries x batch) per thread: bound its memory
 
 
 class PerfAnalyzerNotFound(RuntimeError):
     """perf_analyzer cannot be found or run here; the message says what to do (one line)."""
+
+
+class PerfAnalyzerFailed(RuntimeError):
+    """One perf_analyzer run failed or timed out; the configurations measured before it are kept."""
 
 
 @dataclass
@@ -211,20 +219,25 @@ def parse_csv(path: Path, batch_size: int) -> dict:
     }
 
 
-def run_one(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, data_file: Path) -> dict:
-    name = f"pa_b{batch_size}_c{concurrency}"
+def run_one(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, data_file: Path, tag: str = "") -> dict:
+    name = f"pa_b{batch_size}_c{concurrency}{tag}"
     csv_path, log_path = args.out / f"{name}.csv", args.out / f"{name}.log"
     command = [
         str(analyzer.binary), "-m", args.model, "-i", "grpc", "-u", args.url,
         "-b", str(batch_size), "--concurrency-range", str(concurrency), "--max-threads", str(max(16, concurrency)),
         "--measurement-mode", "count_windows", "--measurement-request-count", str(args.min_requests),
-        "--measurement-interval", str(int(args.window * 1000)), "--stability-percentage", f"{args.stability * 100:g}",
+        "--stability-percentage", f"{args.stability * 100:g}",
         "--max-trials", str(args.max_windows), "--input-data", str(data_file), "-f", str(csv_path),
         "-v",  # per-window lines: the figures we still report when a config does not stabilise
     ]
     csv_path.unlink(missing_ok=True)
-    timeout = 300 + 3 * args.window * args.max_windows  # count windows can outlast --window: be generous
-    result = subprocess.run(command, env=analyzer.environment(), capture_output=True, text=True, timeout=timeout)
+    try:
+        result = subprocess.run(command, env=analyzer.environment(), capture_output=True, text=True, timeout=args.pa_timeout)
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout or ""  # partial output: bytes or str depending on the platform
+        log_path.write_text(" ".join(command) + "\n\n" + (output.decode(errors="replace") if isinstance(output, bytes) else output))
+        raise PerfAnalyzerFailed(f"perf_analyzer ran past --pa-timeout {args.pa_timeout:g} s for batch {batch_size}, "
+                                 f"concurrency {concurrency} (log {log_path})") from None
     log_path.write_text(" ".join(command) + "\n\n" + result.stdout + result.stderr)
     if csv_path.is_file():
         return {**parse_csv(csv_path, batch_size), "stable": True}
@@ -232,7 +245,7 @@ def run_one(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, dat
     row = parse_passes(result.stdout, batch_size, concurrency)
     if row is None:
         last = ((result.stdout + result.stderr).strip().splitlines() or ["no output"])[-1]
-        raise PerfAnalyzerNotFound(f"perf_analyzer failed for batch {batch_size}, concurrency {concurrency} (exit {result.returncode}): {last} (log {log_path})")
+        raise PerfAnalyzerFailed(f"perf_analyzer failed for batch {batch_size}, concurrency {concurrency} (exit {result.returncode}): {last} (log {log_path})")
     return row
 
 
@@ -286,7 +299,7 @@ def format_comparison(rows: list[dict], ours: dict[tuple[int, int], dict], toler
 def run_ours(args, batch_size: int, concurrency: int, seeds: "benchmark.SeedCounter", bar) -> dict:
     """One closed-loop configuration measured by clients.benchmark, with the same window settings."""
     bench_args = benchmark.parse_args([
-        "--url", args.url, "--out", str(args.out), "--model", args.model, "--window", str(args.window),
+        "--url", args.url, "--out", str(args.out), "--model", args.model, "--window", str(PA_COUNT_WINDOW_S),
         "--warmup", str(args.warmup), "--min-requests", str(args.min_requests), "--max-windows", str(args.max_windows),
         "--stability", str(args.stability),
     ])
@@ -296,13 +309,21 @@ def run_ours(args, batch_size: int, concurrency: int, seeds: "benchmark.SeedCoun
 
 
 def run_pairs(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, data_file: Path, seeds, bar) -> dict:
-    """--pairs N: ours and perf_analyzer alternately, N times; medians and the per-pair ratios."""
+    """--pairs N: ours and perf_analyzer alternately, N times, the order flipped every pair;
+    medians and the per-pair ratios."""
     ours, theirs = [], []
-    for _ in range(args.pairs):
-        ours.append(run_ours(args, batch_size, concurrency, seeds, bar))
+
+    def run_theirs(index: int) -> None:
         bar.set_postfix_str(f"b={batch_size} c={concurrency}: perf_analyzer")
-        theirs.append(run_one(analyzer, args, batch_size, concurrency, data_file))
+        theirs.append(run_one(analyzer, args, batch_size, concurrency, data_file, tag=f"_pair{index + 1}"))
         bar.update()
+
+    for index in range(args.pairs):
+        if index % 2:
+            run_theirs(index)
+        ours.append(run_ours(args, batch_size, concurrency, seeds, bar))
+        if not index % 2:
+            run_theirs(index)
     ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(ours, theirs)]
     return {
         "batch_size": batch_size,
@@ -316,6 +337,7 @@ def run_pairs(analyzer: PerfAnalyzer, args, batch_size: int, concurrency: int, d
         "pa_median": statistics.median(r["images_per_s"] for r in theirs),
         "ratio_median": statistics.median(ratios),
         "stable": all(r["stable"] for r in ours + theirs),
+        "ours_errors": sum(r["errors"] for r in ours),
     }
 
 
@@ -324,6 +346,8 @@ def format_pairs(rows: list[dict], tolerance: float = 0.10) -> str:
     for row in rows:
         ratio = row["ratio_median"]
         verdict = "ok" if abs(ratio - 1) <= tolerance else f"off by more than {tolerance:.0%}"
+        if row["ours_errors"]:
+            verdict += f" ({row['ours_errors']} of our requests failed)"
         if not row["stable"]:
             verdict += " (some runs unstable)"
         spread = f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}"
@@ -341,7 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 16, 64, 256])
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16])
-    parser.add_argument("--window", type=float, default=5.0, help="--measurement-interval in s (default %(default)s)")
     parser.add_argument("--stability", type=float, default=0.1, help="--stability-percentage / 100 (default %(default)s)")
     parser.add_argument("--min-requests", type=int, default=50, help="--measurement-request-count (default %(default)s)")
     parser.add_argument("--max-windows", type=int, default=10, help="--max-trials (default %(default)s)")
@@ -350,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run clients.benchmark and perf_analyzer alternately this many times per configuration "
                              "and compare medians (instead of --ours)")
     parser.add_argument("--warmup", type=float, default=2.0, help="with --pairs: our warm-up per run, s (default %(default)s)")
+    parser.add_argument("--pa-timeout", type=float, default=900.0,
+                        help="seconds one perf_analyzer run may take (default %(default)s)")
     parser.add_argument("--locate", action="store_true", help="only find (or install) perf_analyzer and print how to run it")
     parser.add_argument("--no-download", action="store_true", help="do not pip download the wheel when perf_analyzer is missing")
     args = parser.parse_args(argv)
@@ -360,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ours {args.ours}: no such file (run `make bench` first)")
     if args.pairs < 0 or (args.pairs and args.ours is not None):
         parser.error("--pairs N (N >= 1) measures ours itself: do not combine it with --ours")
+    if args.min_requests < 1 or args.max_windows < 1 or args.warmup < 0 or args.pa_timeout <= 0 or not 0 < args.stability < 1:
+        parser.error("need --min-requests >= 1, --max-windows >= 1, --warmup >= 0, --pa-timeout > 0, 0 < --stability < 1")
 
     try:
         analyzer = locate(download=not args.no_download)
@@ -375,10 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows, pairs = [], []
     seeds = benchmark.SeedCounter()
+    failure = None
     try:
         runs = len(args.batch_sizes) * len(args.concurrency) * (2 * args.pairs if args.pairs else 1)  # --pairs: ours + PA
-        with tqdm(total=runs, desc="perf_analyzer",
-                  unit="run", file=sys.stderr) as bar:
+        with tqdm(total=runs, desc="perf_analyzer", unit="run", file=sys.stderr) as bar:
             for batch_size in args.batch_sizes:
                 data_file = args.out / f"seeds_b{batch_size}.json"
                 write_seed_data(data_file, batch_size)
@@ -389,20 +416,20 @@ def main(argv: list[str] | None = None) -> int:
                         bar.set_postfix_str(f"b={batch_size} c={concurrency}")
                         rows.append(run_one(analyzer, args, batch_size, concurrency, data_file))
                         bar.update()
-    except PerfAnalyzerNotFound as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except (TritonClientError, InferenceServerException) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (PerfAnalyzerFailed, TritonClientError, InferenceServerException) as error:
+        failure = error  # what was measured before it is still written below
     report = {"tool": "perf_analyzer", "version": analyzer.version(), "binary": str(analyzer.binary), "url": args.url,
               "model": args.model, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "results": rows, "pairs": pairs}
+              "results": rows, "pairs": pairs, "error": None if failure is None else str(failure)}
     (args.out / "pa_results.json").write_text(json.dumps(report, indent=2))
-    print(format_pairs(pairs) if args.pairs else format_comparison(rows, load_ours(args.ours) if args.ours else {}))
-    print(f"\nwrote {args.out / 'pa_results.json'} (+ perf_analyzer's CSV and log per config)")
+    if rows or pairs:
+        print(format_pairs(pairs) if args.pairs else format_comparison(rows, load_ours(args.ours) if args.ours else {}))
+    logs = "per pair and config" if args.pairs else "per config"
+    print(f"\nwrote {args.out / 'pa_results.json'} (+ perf_analyzer's CSV and log {logs})")
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

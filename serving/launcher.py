@@ -290,28 +290,34 @@ class TritonServer:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll until the server and every model of the repository are ready over gRPC, and the
-        HTTP and metrics endpoints accept connections.
+        HTTP and metrics endpoints (unless disabled in extra_args) accept connections.
 
         Triton starts its endpoints one after another: gRPC can answer "ready" a moment before
         the metrics port listens, so a caller told "ready" must not find any endpoint closed.
         """
         import tritonclient.grpc as grpcclient
 
+        ports = {name: port for name, port in (("HTTP", self.http_port), ("metrics", self.metrics_port))
+                 if f"--allow-{name.lower()}=false" not in self.extra_args}
         deadline = time.monotonic() + timeout
+        waiting_for = "the gRPC endpoint"
         with grpcclient.InferenceServerClient(self.grpc_url) as client:
             while True:
                 if self.process is None or self.process.poll() is not None:
                     code = None if self.process is None else self.process.returncode
                     raise LaunchError(f"tritonserver exited (code {code}) before it was ready{self.failure_details()}")
                 with contextlib.suppress(Exception):  # not listening yet
-                    if (
-                        client.is_server_ready()
-                        and all(client.is_model_ready(name) for name in self.models)
-                        and all(self._accepts_connections(port) for port in (self.http_port, self.metrics_port))
-                    ):
+                    if not client.is_server_ready():
+                        waiting_for = "server readiness"
+                    elif not_ready := [name for name in self.models if not client.is_model_ready(name)]:
+                        waiting_for = "model(s) " + ", ".join(not_ready)
+                    elif closed := [f"{name} port {port}" for name, port in ports.items() if not self._accepts_connections(port)]:
+                        waiting_for = "the " + " and ".join(closed)
+                    else:
                         return
                 if time.monotonic() > deadline:
-                    raise LaunchError(f"tritonserver not ready after {timeout:.0f} s{self.failure_details()}")
+                    raise LaunchError(f"tritonserver not ready after {timeout:.0f} s (still waiting for {waiting_for})"
+                                      f"{self.failure_details()}")
                 time.sleep(0.05)
 
     def _accepts_connections(self, port: int) -> bool:

@@ -202,9 +202,41 @@ def test_benchmark_open_loop_poisson(triton_server, tmp_path):
     [row] = json.loads((out / "results.json").read_text())["results"]
     check_result(row, 2)
     # The 0.5 s window (~10 arrivals at 20/s) is stretched until 25 requests completed in it.
-    assert row["requests"] >= 25 and row["duration_s"] > 0.9
+    assert row["requests"] >= 25 and row["duration_s"] >= 0.5
     assert row["mode"] == "rate" and row["rate"] == 20 and row["concurrency"] is None
     assert row["send_lag_p99_ms"] is not None
+
+
+def test_benchmark_raises_a_dead_load_instead_of_waiting(triton_server):
+    """A load task that dies of an unexpected error must surface at once, not leave the window
+    waiting forever for --min-requests completions."""
+    import asyncio
+
+    import tritonclient.grpc.aio as aioclient
+
+    class BrokenClient:
+        async def infer(self, *args, **kwargs):
+            raise RuntimeError("client bug")
+
+    args = benchmark.parse_args(["--url", triton_server.grpc_url, "--out", "unused", "--window", "0.2", "--warmup", "0",
+                                 "--max-windows", "2"])
+
+    async def drive():
+        stats_client = aioclient.InferenceServerClient(triton_server.grpc_url)
+        try:
+            config = benchmark.LoadConfig(1, "concurrency", 2)
+            return await asyncio.wait_for(benchmark.run_config(config, [BrokenClient()], stats_client, "bamsgan",
+                                                               benchmark.SeedCounter(), args, _NoBar()), timeout=30)
+        finally:
+            await stats_client.close()
+
+    with pytest.raises(RuntimeError, match="client bug"):
+        asyncio.run(drive())
+
+
+class _NoBar:
+    def set_postfix_str(self, text):
+        pass
 
 
 def test_benchmark_clear_errors(triton_server, tmp_path, capsys):
@@ -253,7 +285,7 @@ def test_perf_analyzer_runs_beside_ours(triton_server, installed_perf_analyzer, 
     ours.write_text(json.dumps({"results": [{"batch_size": 2, "mode": "concurrency", "concurrency": 1, "images_per_s": 100.0,
                                              "p50_ms": 1.0, "p99_ms": 2.0, "stable": True}]}))
     code = perf_analyzer.main(["--url", triton_server.grpc_url, "--out", str(tmp_path / "pa"), "--batch-sizes", "2",
-                               "--concurrency", "1", "--window", "0.5", "--max-windows", "3", "--ours", str(ours)])
+                               "--concurrency", "1", "--min-requests", "20", "--max-windows", "3", "--ours", str(ours)])
     printed = capsys.readouterr().out
     assert code == 0
     [row] = json.loads((tmp_path / "pa" / "pa_results.json").read_text())["results"]
@@ -263,7 +295,7 @@ def test_perf_analyzer_runs_beside_ours(triton_server, installed_perf_analyzer, 
 
 def test_perf_analyzer_pairs_alternate_with_ours(triton_server, installed_perf_analyzer, tmp_path, capsys):
     code = perf_analyzer.main(["--url", triton_server.grpc_url, "--out", str(tmp_path / "pa"), "--batch-sizes", "2",
-                               "--concurrency", "1", "--window", "0.5", "--warmup", "0.2", "--min-requests", "10",
+                               "--concurrency", "1", "--warmup", "0.2", "--min-requests", "10",
                                "--max-windows", "3", "--pairs", "2"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -272,7 +304,18 @@ def test_perf_analyzer_pairs_alternate_with_ours(triton_server, installed_perf_a
     assert len(pair["ours_images_per_s"]) == len(pair["pa_images_per_s"]) == len(pair["ratios"]) == 2
     assert pair["ratios"] == pytest.approx([a / b for a, b in zip(pair["ours_images_per_s"], pair["pa_images_per_s"])])
     assert pair["ratio_median"] == pytest.approx(sum(pair["ratios"]) / 2) and all(r > 0 for r in pair["ratios"])
-    assert "pair ratios" in printed
+    assert "pair ratios" in printed and pair["ours_errors"] == 0
+    # Every pair keeps its own perf_analyzer log (the second pair ran perf_analyzer first).
+    assert all((tmp_path / "pa" / f"pa_b2_c1_pair{i}.log").is_file() for i in (1, 2))
+
+
+def test_perf_analyzer_timeout_keeps_what_was_measured(triton_server, installed_perf_analyzer, tmp_path, capsys):
+    code = perf_analyzer.main(["--url", triton_server.grpc_url, "--out", str(tmp_path / "pa"), "--batch-sizes", "2",
+                               "--concurrency", "1", "--pa-timeout", "0.01"])
+    assert code == 1
+    assert "ran past --pa-timeout" in capsys.readouterr().err
+    report = json.loads((tmp_path / "pa" / "pa_results.json").read_text())
+    assert report["results"] == [] and "ran past --pa-timeout" in report["error"]
 
 
 def test_perf_analyzer_pairs_exclude_ours(tmp_path, capsys):
@@ -281,3 +324,6 @@ def test_perf_analyzer_pairs_exclude_ours(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         perf_analyzer.main(["--out", str(tmp_path), "--pairs", "2", "--ours", str(ours)])
     assert exit_info.value.code == 2 and "do not combine it with --ours" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        perf_analyzer.main(["--out", str(tmp_path), "--min-requests", "0"])
+    assert exit_info.value.code == 2 and "--min-requests >= 1" in capsys.readouterr().err

@@ -367,3 +367,20 @@ def test_launcher_serves_until_sigterm(triton_server):
     assert process.returncode == 0, stderr
     assert "Triton stopped." in stdout
     assert re.search(r"Triton ready in [\d.]+ s", output)
+
+
+def test_ready_waits_only_for_enabled_endpoints(triton_server, tmp_path):
+    """Ready = every endpoint the server runs accepts connections; one switched off is not awaited."""
+    from serving.launcher import TritonServer, free_ports
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server = TritonServer(triton_server.repository, grpc_port, http_port, metrics_port,
+                          log_path=tmp_path / "tritonserver.log", extra_args=("--allow-metrics=false",))
+    try:
+        server.start(timeout=60)  # would wait all 60 s for the metrics port and fail if it were awaited
+        with socket.create_connection(("127.0.0.1", http_port), timeout=5):
+            pass  # HTTP was awaited: it listens now
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", metrics_port), timeout=1).close()
+    finally:
+        assert server.stop() == 0
