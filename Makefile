@@ -12,6 +12,7 @@ PRESET ?= cpu
 EPOCHS ?=
 OUT ?=
 TRAIN_ARGS ?=
+NPROC ?=  # data-parallel processes (torchrun): NCCL with one GPU each, gloo on CPU
 # export (RUN defaults to the newest run under runs/)
 RUN ?=
 CKPT ?=
@@ -22,7 +23,15 @@ ADDRESS ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-URL ?= localhost:$(GRPC_PORT)
+CACHE_MIB ?=       # response cache size (the launcher's default: 256; 0 = off)
+POLL_SECONDS ?=    # how often Triton looks for new exported versions (default 5; 0 = restart needed)
+SERVE_ARGS ?=
+SOAK_SECONDS ?= 300
+SOAK_CONCURRENCY ?= 16
+REPLICAS ?= 1
+comma := ,
+# One gRPC endpoint per replica (replica i listens on every base port + 3i): clients spread over them.
+URL ?= $(shell seq -s, -f 'localhost:%.0f' $(GRPC_PORT) 3 $$(( $(GRPC_PORT) + 3 * ($(REPLICAS) - 1) )))
 SEEDS ?= 0-63
 TRUNCATION ?=
 GRID ?= out/grid.png
@@ -36,16 +45,18 @@ MIN_REQUESTS ?= 50
 PAIRS ?=
 MAX_WINDOWS ?= 6
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 
 VERSION ?= $(shell ls -d $(MODEL_REPOSITORY)/bamsgan/[0-9]* 2>/dev/null | xargs -rn1 basename | sort -n | tail -1)
 
-.PHONY: setup setup-gpu train export serve ensemble generate bench perf-analyzer demo test data bench-attention bench-training bench-export clean-venv
+.PHONY: setup setup-gpu train export serve ensemble generate bench perf-analyzer demo test data bench-attention bench-training bench-export gpu-check soak evaluate ablation clean-venv
 
 setup: $(SETUP_STAMP)
-$(SETUP_STAMP): requirements.txt
+$(SETUP_STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	@# After `make setup-gpu`, keep onnxruntime-gpu: the CPU onnxruntime package clashes with it.
 	if [ -f $(VENV)/.gpu ]; then $(PY) -m pip uninstall -y onnxruntime && $(PY) -m pip install --force-reinstall -r requirements-gpu.txt; fi
 	touch $@
@@ -56,14 +67,18 @@ setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu (replaces onnxrunti
 	touch $(VENV)/.gpu
 
 train: setup
-	$(PY) -m training.train --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") $(TRAIN_ARGS)
+	$(if $(NPROC),$(PY) -m training.distributed --standalone --nproc-per-node $(NPROC),$(PY)) -m training.train --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") $(TRAIN_ARGS)
 
 export: setup
 	$(PY) -m export $(if $(RUN),--run "$(RUN)") $(if $(CKPT),--ckpt "$(CKPT)") $(if $(TRT),--trt) --repository $(MODEL_REPOSITORY)
 
 serve: setup
-	$(PY) -m serving --model-repository $(MODEL_REPOSITORY) --address $(ADDRESS) \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m $(if $(filter 1,$(REPLICAS)),serving,serving.replicas --replicas $(REPLICAS)) --model-repository $(MODEL_REPOSITORY) --address $(ADDRESS) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		$(if $(strip $(CACHE_MIB)),--cache-mib $(CACHE_MIB)) $(if $(strip $(POLL_SECONDS)),--poll-seconds $(POLL_SECONDS)) $(SERVE_ARGS)
+
+soak: setup  ## SOAK_SECONDS at SOAK_CONCURRENCY against its own server; bytes checked per seed; SIGKILL + restart midway
+	$(PY) -m clients.soak --model-repository $(MODEL_REPOSITORY) --seconds $(SOAK_SECONDS) --concurrency $(SOAK_CONCURRENCY) --out $(BENCH_OUT)/soak
 
 ensemble: setup  ## the full-Triton ensemble repository (native onnxruntime backend) from a published version
 	@test -n "$(VERSION)" || { echo "error: no exported version in $(MODEL_REPOSITORY)/bamsgan; run make export first" >&2; exit 2; }
@@ -77,7 +92,7 @@ bench: setup
 		$(if $(RATES),--rate $(RATES)) --window $(WINDOW) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) --compare-raw $(MODEL_REPOSITORY) $(BENCH_ARGS)
 
 perf-analyzer: setup
-	$(PY) -m clients.perf_analyzer --url $(URL) --out $(BENCH_OUT)/perf_analyzer --batch-sizes $(BATCH_SIZES) \
+	$(PY) -m clients.perf_analyzer --url $(firstword $(subst $(comma), ,$(URL))) --out $(BENCH_OUT)/perf_analyzer --batch-sizes $(BATCH_SIZES) \
 		--concurrency $(CONCURRENCY) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) \
 		$(if $(PAIRS),--pairs $(PAIRS),$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json)) $(BENCH_ARGS)
 
@@ -98,6 +113,9 @@ bench-training: setup
 
 bench-export: setup
 	$(PY) -m export.benchmark
+
+gpu-check: setup  ## on a CUDA host: every GPU path checked and timed (out/gpu-check-<time>/report.json); no GPU: exit 2
+	$(PY) -m clients.gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,9 +19,15 @@ Method (the same as perf_analyzer's, so the two can be compared):
   per-request queue / compute input / infer / output time and the average executed batch size
   (inference_count / execution_count), so client latency minus server time = transport cost.
 - The client must not be the bottleneck: asyncio with tritonclient.grpc.aio, requests spread
-  round-robin over --connections separate client objects (each its own gRPC channel and TCP
-  connection), and the client's own CPU use (process CPU seconds / wall seconds) is reported per
-  config; in open loop also the send lag (actual minus scheduled start).
+  round-robin over --connections separate client objects per replica (each its own gRPC channel
+  and TCP connection), and the client's own CPU use (process CPU seconds / wall seconds) is
+  reported per config; in open loop also the send lag (actual minus scheduled start).
+- Replicas (--url a,b,...; clients.endpoints): each request goes to the live replica with the
+  fewest requests in flight; one that fails because its replica is down is re-sent to another
+  (--retries; latency still counts from the first send, `resent` counts them), while a refusal
+  of a live server (full queue: RESOURCE_EXHAUSTED or the queue policy's UNAVAILABLE) is never
+  retried: it is an error, as with one server. Server statistics are summed over the replicas
+  (a down replica keeps its last figures).
 - --compare-raw measures the same exported engine in-process (training.latents.seeds_to_latents
   + ONNX Runtime with the server's ort_threads) right after the served runs of each batch size,
   when the server is idle (on a small machine they must not share the CPU), and prints served/raw
@@ -50,16 +56,17 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tqdm import tqdm
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
-from clients.generate import DEFAULT_URL, MODEL, TritonClientError, max_batch_size, model_config, normalize_url, seed_inputs
+from clients.endpoints import EndpointPool, channel_args, endpoints_argument
+from clients.generate import DEFAULT_URL, MODEL, TritonClientError, max_batch_size, seed_inputs
+from serving.python_backend.engines import DEFAULT_ORT_THREADS, ort_session_options
 from training.constants import Z_DIM
 from training.latents import seeds_to_latents
 
 PERCENTILES = (50, 90, 95, 99)
 STABLE_WINDOWS = 3  # like perf_analyzer: the last three windows must agree
-DEFAULT_ORT_THREADS = 2
+STATS_TIMEOUT_S = 10.0  # per statistics call: a stalled replica must not hold up a window
 CLIENT_CPU_WARNING = 0.7  # of one core: above this the single-threaded event loop may be what limits throughput
 
 
@@ -75,25 +82,22 @@ class LoadConfig:
 
 
 class SeedCounter:
-    """Hands out distinct seeds: every request computes new faces."""
+    """Hands out distinct seeds: every request computes new faces. With `pool`, seeds cycle through
+    start .. start+pool-1 instead, so requests repeat and the server's response cache can answer."""
 
-    def __init__(self, start: int = 0):
-        self.next = start
+    def __init__(self, start: int = 0, pool: int | None = None):
+        self.start, self.next, self.pool = start, 0, pool
 
     def take(self, count: int) -> np.ndarray:
-        seeds = np.arange(self.next, self.next + count, dtype=np.int64)
+        offsets = np.arange(self.next, self.next + count, dtype=np.int64)
         self.next += count
-        return seeds
+        return self.start + (offsets % self.pool if self.pool else offsets)
 
 
 def make_clients(url: str, count: int) -> list[aioclient.InferenceServerClient]:
     """`count` aio clients, each with its own channel and TCP connection (local subchannel pool)."""
-    channel_args = [
-        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.use_local_subchannel_pool", 1),  # otherwise channels to one target share a connection
-    ]
-    return [aioclient.InferenceServerClient(url, channel_args=channel_args) for _ in range(count)]
+    options = channel_args() + [("grpc.use_local_subchannel_pool", 1)]  # otherwise channels to one target share a connection
+    return [aioclient.InferenceServerClient(url, channel_args=options) for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,13 +109,22 @@ def _counter(stats: dict, name: str) -> tuple[int, int]:
     return int(entry.get("count", 0)), int(entry.get("ns", 0))
 
 
+def sum_totals(totals: list[dict]) -> dict:
+    """Statistics of several replicas as if of one server."""
+    summed: dict = {}
+    for one in totals:
+        for key, value in one.items():
+            summed[key] = summed.get(key, 0) + value
+    return summed
+
+
 def stats_totals(response: dict) -> dict:
     """Sum Triton's cumulative model statistics over the model's versions."""
     totals = {"inference_count": 0, "execution_count": 0}
     for stats in response.get("model_stats", []):
         totals["inference_count"] += int(stats.get("inference_count", 0))
         totals["execution_count"] += int(stats.get("execution_count", 0))
-        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss"):
             count, ns = _counter(stats, name)
             totals[f"{name}_count"] = totals.get(f"{name}_count", 0) + count
             totals[f"{name}_ns"] = totals.get(f"{name}_ns", 0) + ns
@@ -137,6 +150,11 @@ def server_breakdown(before: dict, after: dict) -> dict:
         "compute_output_us": per_request_us("compute_output"),
         "executions": executions,
         "avg_batch_size": delta["inference_count"] / executions if executions else None,
+        # Triton's response cache (config.pbtxt response_cache): hits never reach the model.
+        "cache_hits": delta.get("cache_hit_count", 0),
+        "cache_misses": delta.get("cache_miss_count", 0),
+        "cache_hit_us": per_request_us("cache_hit"),
+        "cache_miss_us": per_request_us("cache_miss"),
     }
 
 
@@ -150,6 +168,7 @@ class Snapshot:
     cpu: float  # this process's CPU seconds (all threads, gRPC's included)
     server: dict
     completed: int  # number of completion records up to `time`
+    resent: int  # requests re-sent after their replica failed, up to `time`
 
 
 def stable(values: list[float], tolerance: float) -> bool:
@@ -164,24 +183,29 @@ def raise_if_load_failed(load: list[asyncio.Task]) -> None:
             raise task.exception()
 
 
-async def run_config(config: LoadConfig, clients, stats_client, model: str, seeds: SeedCounter, args, bar) -> dict:
-    """Drive one configuration; measure windows until stable; return its figures."""
+async def run_config(config: LoadConfig, pool: EndpointPool, clients: dict, stats_clients: dict, model: str,
+                     seeds: SeedCounter, args, bar) -> dict:
+    """Drive one configuration; measure windows until stable; return its figures.
+
+    clients: {replica url: [aio clients]} for the requests; stats_clients: {replica url: aio client}.
+    """
     ends: list[float] = []  # completion times, appended in completion order (monotonic)
     latencies: list[float] = []  # seconds, from the scheduled/actual start
     failures: list[str] = []  # per completion: "" or the gRPC status
     send_lags: list[tuple[float, float]] = []  # open loop: (scheduled start, actual - scheduled)
     outputs = [grpcclient.InferRequestedOutput("IMAGE")]
-    client_cycle = itertools.cycle(clients)
+    client_cycles = {url: itertools.cycle(replica_clients) for url, replica_clients in clients.items()}
+    replica_totals: dict[str, dict] = {}  # the last statistics of each replica
     stop = asyncio.Event()
 
     async def one_request(scheduled: float) -> None:
         inputs = seed_inputs(seeds.take(config.batch_size))
-        client = next(client_cycle)
         status = ""
         try:
-            await client.infer(model, inputs, outputs=outputs, client_timeout=args.timeout)
-        except InferenceServerException as error:
-            status = str(error.status() or error.message())
+            await pool.acall(lambda endpoint: next(client_cycles[endpoint.url]).infer(
+                model, inputs, outputs=outputs, client_timeout=args.timeout))
+        except TritonClientError as error:
+            status = error.status or str(error)
         end = time.perf_counter()
         ends.append(end)
         latencies.append(end - scheduled)
@@ -209,8 +233,14 @@ async def run_config(config: LoadConfig, clients, stats_client, model: str, seed
 
     async def snapshot() -> Snapshot:
         now, cpu = time.perf_counter(), time.process_time()
-        server = stats_totals(await stats_client.get_inference_statistics(model, as_json=True, client_timeout=args.timeout))
-        return Snapshot(now, cpu, server, bisect.bisect_right(ends, now))
+        for endpoint in pool.live():  # a replica that is down keeps its last figures
+            try:
+                response = await stats_clients[endpoint.url].get_inference_statistics(
+                    model, as_json=True, client_timeout=min(args.timeout, STATS_TIMEOUT_S))
+            except InferenceServerException:
+                continue
+            replica_totals[endpoint.url] = stats_totals(response)
+        return Snapshot(now, cpu, sum_totals(list(replica_totals.values())), bisect.bisect_right(ends, now), pool.resent)
 
     if config.mode == "concurrency":
         load = [asyncio.create_task(closed_loop_worker()) for _ in range(int(config.level))]
@@ -270,6 +300,10 @@ async def run_config(config: LoadConfig, clients, stats_client, model: str, seed
         "max_ms": float(measured.max()) if requests else float("nan"),
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
+        "resent": last.resent - first.resent,  # sent again to another replica after theirs failed
+        # How fast a refusal comes (a full queue / the queue policy's timeout): p99 of failed requests.
+        "error_p99_ms": float(np.percentile([lat for lat, status in zip(latencies[first.completed : last.completed], statuses)
+                                             if status], 99) * 1e3) if errors else None,
         "client_cpu": (last.cpu - first.cpu) / duration,  # cores used by this process
         "send_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else None,
         "server": server_breakdown(first.server, last.server),
@@ -301,7 +335,7 @@ def find_engine(path: Path, model: str, served_versions: list[str]) -> tuple[Pat
 
 def ort_threads(live_config: dict, config_pbtxt: Path | None) -> int:
     """The server's ONNX Runtime intra-op threads: parameter ort_threads of the served config (else of
-    config.pbtxt), else 2. 0 means ONNX Runtime's default (one per core), as in the served model.py."""
+    config.pbtxt), else the engines' default. 0 means ONNX Runtime's default (one per core), as served."""
     value = live_config.get("parameters", {}).get("ort_threads", {}).get("string_value")
     if value is None and config_pbtxt is not None:
         match = re.search(r'key:\s*"ort_threads"\s*value:\s*\{\s*string_value:\s*"(\d+)"', config_pbtxt.read_text())
@@ -310,16 +344,11 @@ def ort_threads(live_config: dict, config_pbtxt: Path | None) -> int:
 
 
 def open_raw_session(onnx_path: Path, threads: int, announce: bool = True):
-    """The served engine in this process: ONNX Runtime with the session options of
-    serving/python_backend/model.py (OnnxRuntimeEngine), so raw = served engine."""
+    """The served engine in this process: ONNX Runtime with the served engine's session options
+    (serving/python_backend/engines.py, which every model version carries), so raw = served engine."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads > 0:
-        options.intra_op_num_threads = threads
+    options = ort_session_options(threads)
     # ONNX Runtime's CUDA provider where this host has it (the served model's GPU fallback engine);
     # a served TensorRT plan is not what this measures, and the report names the provider used.
     providers = ["CPUExecutionProvider"]
@@ -450,7 +479,7 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(results: list[dict]) -> str:
     header = (f"{'batch':>5} {'load':>8} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'err':>4} {'win':>4} {'queue us':>9} {'in us':>7} {'infer us':>9} {'out us':>7} {'avg B':>6} {'cli CPU':>7}")
+              f"{'err':>4} {'win':>4} {'queue us':>9} {'in us':>7} {'infer us':>9} {'out us':>7} {'avg B':>6} {'cache hit':>9} {'cli CPU':>7}")
     lines = [header, "-" * len(header)]
     for r in results:
         s = r["server"]
@@ -460,11 +489,17 @@ def format_table(results: list[dict]) -> str:
             f"{r['p90_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>4} "
             f"{str(r['windows']) + ('' if r['stable'] else '!'):>4} {_fmt(s['queue_us'], '9.0f')} {_fmt(s['compute_input_us'], '7.0f')} "
             f"{_fmt(s['compute_infer_us'], '9.0f')} {_fmt(s['compute_output_us'], '7.0f')} {_fmt(s['avg_batch_size'], '6.2f')} "
-            f"{r['client_cpu']:>6.0%}"
+            f"{_fmt(cache_hit_ratio(s), '9.0%')} {r['client_cpu']:>6.0%}"
         )
     lines.append("(win: measurement windows; '!' = not stable within --max-windows; server times per request; "
+                 "cache hit: share of requests the response cache answered, '-' = cache off; "
                  "cli CPU: the benchmark process's own CPU use, 100% = one core)")
     return "\n".join(lines)
+
+
+def cache_hit_ratio(server: dict) -> float | None:
+    lookups = server.get("cache_hits", 0) + server.get("cache_misses", 0)
+    return server["cache_hits"] / lookups if lookups else None
 
 
 def format_ratio_table(rows: list[dict]) -> str:
@@ -501,7 +536,8 @@ def float_list(text: str) -> list[float]:
 
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python -m clients.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC endpoint HOST:PORT (default %(default)s)")
+    parser.add_argument("--url", type=endpoints_argument, default=DEFAULT_URL,
+                        help="Triton gRPC endpoint HOST:PORT, or replicas HOST:PORT,HOST:PORT,... (default %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json, results.csv, latency_throughput.png")
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 16, 64, 256], help="seeds per request (default 1,16,64,256)")
@@ -514,16 +550,23 @@ def parse_args(argv: list[str] | None):
                         help="a window also lasts until this many requests completed in it (default %(default)s)")
     parser.add_argument("--max-windows", type=int, default=10, help="stop after this many windows if not stable (default %(default)s)")
     parser.add_argument("--stability", type=float, default=0.1, help="stable when max/min of the last 3 windows <= 1 + this (default %(default)s)")
-    parser.add_argument("--connections", type=int, default=4, help="client objects / gRPC connections (default %(default)s)")
+    parser.add_argument("--connections", type=int, default=4, help="client objects / gRPC connections per replica (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="re-sends of a request whose replica is down, to another one; a full queue is never retried "
+                             "(default %(default)s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request before it counts as an error")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed; every request then gets new ones")
+    parser.add_argument("--seed-pool", type=int, default=None, metavar="N",
+                        help="cycle through N seeds instead, so requests repeat (measures the response cache)")
     parser.add_argument("--compare-raw", nargs="?", const="model_repository", type=Path, metavar="REPO_OR_ONNX",
                         help="also measure the served engine in-process (default model_repository) and print served/raw")
     args = parser.parse_args(argv)
     if (args.window <= 0 or args.warmup < 0 or args.min_requests < 1 or args.max_windows < 1 or args.connections < 1
-            or not 0 < args.stability < 1):
+            or not 0 < args.stability < 1 or args.retries < 0):
         parser.error("need --window > 0, --warmup >= 0, --min-requests >= 1, --max-windows >= 1, --connections >= 1, "
-                     "0 < --stability < 1")
+                     "0 < --stability < 1, --retries >= 0")
+    if args.seed_pool is not None and args.seed_pool < 1:
+        parser.error("need --seed-pool >= 1")
     if args.no_concurrency:
         args.concurrency = []
     if not args.concurrency and not args.rate:
@@ -531,27 +574,41 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-async def run_all(args, configs: list[LoadConfig], seeds: SeedCounter, bar) -> list[dict]:
-    clients = make_clients(args.url, args.connections)
-    stats_client = aioclient.InferenceServerClient(args.url)
+async def run_all(args, configs: list[LoadConfig], seeds: SeedCounter, bar, pool: EndpointPool | None = None) -> list[dict]:
+    """Run `configs` against the replicas of `pool` (default: a pool of args.url, connected here)."""
+    own_pool = pool is None
+    if own_pool:
+        pool = EndpointPool(args.url, args.model, args.timeout, args.retries, retry_busy=False)
+        await asyncio.to_thread(pool.connect)
+    clients = {url: make_clients(url, args.connections) for url in pool.urls}
+    stats_clients = {url: aioclient.InferenceServerClient(url, channel_args=channel_args()) for url in pool.urls}
     try:
         results = []
         for config in configs:
-            results.append(await run_config(config, clients, stats_client, args.model, seeds, args, bar))
+            results.append(await run_config(config, pool, clients, stats_clients, args.model, seeds, args, bar))
             bar.update()
         return results
     finally:
-        for client in clients + [stats_client]:
+        for client in [c for replica_clients in clients.values() for c in replica_clients] + list(stats_clients.values()):
             await client.close()
+        if own_pool:
+            pool.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.url = normalize_url(args.url)
+    pool = EndpointPool(args.url, args.model, args.timeout, args.retries, retry_busy=False,
+                        log=lambda line: tqdm.write(line, file=sys.stderr))
     try:
-        with grpcclient.InferenceServerClient(args.url) as client:
-            live_config = model_config(client, args.url, args.model, timeout=10.0, retries=3)
-            served_versions = client.get_model_metadata(args.model, as_json=True).get("versions", [])
+        return benchmark(args, pool)
+    finally:
+        pool.close()
+
+
+def benchmark(args, pool: EndpointPool) -> int:
+    try:
+        live_config = pool.connect()  # every replica probed; dead ones reported and skipped
+        served_versions = pool.versions
         limit = max_batch_size(live_config, args.model)
         too_big = [b for b in args.batch_sizes if b > limit]
         if too_big:
@@ -563,14 +620,14 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = [LoadConfig(b, "concurrency", c) for b in args.batch_sizes for c in args.concurrency]
     configs += [LoadConfig(b, "rate", r) for b in args.batch_sizes for r in args.rate]
-    seeds = SeedCounter(args.seed_start)
+    seeds = SeedCounter(args.seed_start, args.seed_pool)
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(configs) + (len(args.batch_sizes) if engine else 0)
     threads = ort_threads(live_config, engine[1]) if engine else None
     results, raw = [], []
     with tqdm(total=total, desc="benchmark", unit="config", file=sys.stderr) as bar:
         for batch_size in args.batch_sizes:
-            results += asyncio.run(run_all(args, [c for c in configs if c.batch_size == batch_size], seeds, bar))
+            results += asyncio.run(run_all(args, [c for c in configs if c.batch_size == batch_size], seeds, bar, pool))
             if engine:
                 # Right after the served runs of this batch size, so that the ratio compares
                 # measurements minutes apart at most (a shared machine drifts by 5-10 % over a
@@ -585,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "tool": "clients.benchmark",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "url": args.url,
+        "url": ",".join(args.url),
+        "replicas": {endpoint.url: {"answered": endpoint.answered, "up": endpoint.up} for endpoint in pool.endpoints},
+        "resent": pool.resent,
         "model": args.model,
         "model_versions": served_versions,
         "max_batch_size": limit,
@@ -597,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     write_csv(args.out / "results.csv", results)
-    plot(args.out / "latency_throughput.png", results, raw, f"{args.model} at {args.url} ({os.cpu_count()} CPUs)")
+    plot(args.out / "latency_throughput.png", results, raw, f"{args.model} at {','.join(args.url)} ({os.cpu_count()} CPUs)")
 
     print(format_table(results))
     if ratios:
@@ -609,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: the benchmark process itself used up to {max(r['client_cpu'] for r in busy):.0%} of a core "
               f"({', '.join(LoadConfig(r['batch_size'], r['mode'], r['concurrency'] or r['rate']).label for r in busy)}): "
               f"the client may limit these figures", file=sys.stderr)
+    if pool.resent:
+        print(f"\nnote: {pool.resent} requests re-sent after their replica failed ({pool.summary()})", file=sys.stderr)
     errors = sum(r["errors"] for r in results)
     if errors:
         print(f"\nwarning: {errors} failed requests ({', '.join(sorted({k for r in results for k in r['error_kinds']}))})", file=sys.stderr)

@@ -2,84 +2,50 @@
 
     python -m clients.generate --url localhost:8001 --seeds 0-63 --out grid.png
     python -m clients.generate --seeds 3,7,40-47 --truncation 0.7 --each faces/
+    python -m clients.generate --url localhost:8001,localhost:8004 --seeds 0-999 --each faces/
 
 The server maps each seed to a latent (training.latents) and runs the generator, so the same
-seed gives the same face from any client, in any batch. Requests are split into chunks of at
-most the model's max_batch_size (read from the model config over gRPC). UNAVAILABLE and
-RESOURCE_EXHAUSTED are retried with exponential backoff (a restarting server, a full queue);
-every other error fails at once. `request_faces` is the reusable entry point.
+seed gives the same face from any client, in any batch, from any replica. The seeds are split
+into as many requests as there are requests in flight (`--concurrency`, default 2 per replica),
+each at most the model's max_batch_size (read from the model config over gRPC), and spread over
+the replicas in --url by clients.endpoints: a replica that is dead at start is skipped, one that
+dies mid-run is marked down and its requests go to the others, RESOURCE_EXHAUSTED is backed off,
+every other error fails at once (one line). Each request fills its own rows of the result, so
+the faces are in seed order and byte-identical whichever replica answered.
+`request_faces` is the reusable entry point.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tqdm import tqdm
-from tritonclient.utils import InferenceServerException
 
+from clients.endpoints import (  # noqa: F401  (re-exported: benchmark and perf_analyzer import them from here)
+    BACKOFF_S,
+    DEFAULT_URL,
+    MODEL,
+    RETRYABLE,
+    EndpointPool,
+    TritonClientError,
+    call_with_retries,
+    describe_error,
+    endpoints_argument,
+    model_config,
+    normalize_url,
+    parse_endpoints,
+    served_models,
+)
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE
 from training.latents import parse_seeds, validate_seeds, validate_truncation
 
-MODEL = "bamsgan"
-DEFAULT_URL = "localhost:8001"
-RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
-BACKOFF_S = 0.25  # first retry delay; doubles every retry
-
-
-class TritonClientError(RuntimeError):
-    """A one-line, user-facing error (server down, model missing, request rejected)."""
-
-
-def normalize_url(url: str) -> str:
-    """tritonclient wants HOST:PORT; accept grpc://HOST:PORT too."""
-    return url.removeprefix("grpc://")
-
-
-def call_with_retries(call, retries: int, backoff_s: float = BACKOFF_S):
-    """Run call(); retry retryable gRPC errors `retries` times with exponential backoff."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except InferenceServerException as error:
-            if error.status() not in RETRYABLE or attempt == retries:
-                raise
-            time.sleep(backoff_s * 2**attempt)
-
-
-def describe_error(error: InferenceServerException, url: str, timeout: float | None) -> str:
-    """The one-line message for a failed gRPC call."""
-    status = str(error.status()).removeprefix("StatusCode.")
-    if status == "UNAVAILABLE":
-        return f"cannot reach Triton at {url} (UNAVAILABLE) — is `make serve` running?"
-    if status == "DEADLINE_EXCEEDED":
-        within = f" within {timeout:g} s" if timeout else ""
-        return f"Triton at {url} did not answer{within} (DEADLINE_EXCEEDED); raise --timeout"
-    return f"Triton at {url} failed the request ({status}): {error.message()}"
-
-
-def served_models(client: grpcclient.InferenceServerClient, timeout: float | None = None) -> list[str]:
-    """Names of the models in the server's repository, with their state when not READY."""
-    index = client.get_model_repository_index(as_json=True, client_timeout=timeout).get("models", [])
-    return sorted({m["name"] if m.get("state") == "READY" else f"{m['name']} ({m.get('state', '?')})" for m in index})
-
-
-def model_config(client, url: str, model: str, timeout: float | None = None, retries: int = 0) -> dict:
-    """The served model's config (dict); TritonClientError naming the served models if it is missing."""
-    try:
-        return call_with_retries(lambda: client.get_model_config(model, as_json=True, client_timeout=timeout), retries)["config"]
-    except InferenceServerException as error:
-        if error.status() != "StatusCode.NOT_FOUND" and "unknown model" not in error.message():
-            raise TritonClientError(describe_error(error, url, timeout)) from None
-        try:
-            names = ", ".join(served_models(client, timeout)) or "none"
-        except InferenceServerException:
-            names = "unknown"
-        raise TritonClientError(f"model '{model}' is not served at {url}; served models: {names}") from None
+REQUESTS_PER_REPLICA = 2  # default requests in flight per replica: one computing, one on the wire
 
 
 def max_batch_size(config: dict, model: str) -> int:
@@ -102,7 +68,7 @@ def seed_inputs(seeds: np.ndarray, truncation: np.ndarray | None = None) -> list
 
 
 def request_faces(
-    url: str,
+    url: str | list[str],
     seeds,
     truncation=None,
     model: str = MODEL,
@@ -110,37 +76,67 @@ def request_faces(
     retries: int = 3,
     batch_size: int | None = None,
     progress: bool = False,
+    concurrency: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
-    """Faces for `seeds` from the Triton server at `url`: uint8 [N, 64, 64, 3], in seed order.
+    """Faces for `seeds` from the Triton server(s) at `url`: uint8 [N, 64, 64, 3], in seed order.
 
+    url: HOST:PORT, or several ('a:8001,b:8004' or a list): replicas of the same model version.
     truncation: None, one threshold for all seeds, or one per seed (inf = untruncated).
-    timeout: seconds per gRPC call (client_timeout). retries: for UNAVAILABLE/RESOURCE_EXHAUSTED.
-    batch_size: request size; at most (and by default) the model's max_batch_size.
-    Raises ValueError for bad seeds/truncation and TritonClientError for server-side problems.
+    timeout: seconds per gRPC call (client_timeout). retries: re-sends per request (failover to
+    another replica, backoff on a full queue). batch_size: seeds per request (default: split
+    evenly over the requests in flight), at most the model's max_batch_size. concurrency: requests
+    in flight (default 2 per replica).
+    log: gets one-line notes (a replica skipped at start, down, back).
+    Raises ValueError for bad seeds/truncation/url and TritonClientError for server-side problems.
     """
-    url = normalize_url(url)
+    urls = parse_endpoints(url)
+    seeds = validate_seeds(seeds)
+    if truncation is not None:
+        validate_truncation(truncation, len(seeds))
+    if len(seeds) == 0:
+        return np.empty((0, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS), np.uint8)
+    with EndpointPool(urls, model, timeout, retries, log=log) as pool:
+        return faces_from_pool(pool, seeds, truncation, batch_size, progress, concurrency)
+
+
+def faces_from_pool(pool: EndpointPool, seeds, truncation=None, batch_size: int | None = None, progress: bool = False,
+                    concurrency: int | None = None) -> np.ndarray:
+    """request_faces over an open EndpointPool (connected here): its counts stay readable afterwards."""
     seeds = validate_seeds(seeds)
     thresholds = None if truncation is None else validate_truncation(truncation, len(seeds)).astype(np.float32)
     images = np.empty((len(seeds), IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS), np.uint8)
     if len(seeds) == 0:
         return images
-    with grpcclient.InferenceServerClient(url) as client:
-        limit = max_batch_size(model_config(client, url, model, timeout, retries), model)
-        chunk = min(batch_size or limit, limit)
-        outputs = [grpcclient.InferRequestedOutput("IMAGE")]
-        starts = range(0, len(seeds), chunk)
-        for start in tqdm(starts, desc="requests", unit="req", disable=not progress or len(starts) == 1):
-            stop = min(start + chunk, len(seeds))
-            inputs = seed_inputs(seeds[start:stop], None if thresholds is None else thresholds[start:stop])
-            try:
-                result = call_with_retries(lambda: client.infer(model, inputs, outputs=outputs, client_timeout=timeout), retries)
-            except InferenceServerException as error:
-                raise TritonClientError(describe_error(error, url, timeout)) from None
-            chunk_images = result.as_numpy("IMAGE")
-            if chunk_images is None or chunk_images.shape != images[start:stop].shape or chunk_images.dtype != np.uint8:
-                got = None if chunk_images is None else f"{chunk_images.dtype} {list(chunk_images.shape)}"
-                raise TritonClientError(f"model '{model}' returned IMAGE {got}, expected uint8 {list(images[start:stop].shape)}")
-            images[start:stop] = chunk_images
+    model = pool.model
+    limit = max_batch_size(pool.connect(), model)
+    workers = max(1, concurrency or REQUESTS_PER_REPLICA * len(pool.endpoints))
+    # By default as many requests as workers (within the model's limit), so every replica gets some.
+    chunk = min(batch_size or -(-len(seeds) // workers), limit)
+    outputs = [grpcclient.InferRequestedOutput("IMAGE")]
+
+    def fetch(start: int) -> None:
+        stop = min(start + chunk, len(seeds))
+        inputs = seed_inputs(seeds[start:stop], None if thresholds is None else thresholds[start:stop])
+        result = pool.call(lambda client: client.infer(model, inputs, outputs=outputs, client_timeout=pool.timeout))
+        chunk_images = result.as_numpy("IMAGE")
+        if chunk_images is None or chunk_images.shape != images[start:stop].shape or chunk_images.dtype != np.uint8:
+            got = None if chunk_images is None else f"{chunk_images.dtype} {list(chunk_images.shape)}"
+            raise TritonClientError(f"model '{model}' returned IMAGE {got}, expected uint8 {list(images[start:stop].shape)}")
+        images[start:stop] = chunk_images  # each request fills its own rows: seed order whoever answers
+
+    starts = range(0, len(seeds), chunk)
+    with tqdm(total=len(starts), desc="requests", unit="req", disable=not progress or len(starts) == 1) as bar, \
+            ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="request") as executor:
+        pending = {executor.submit(fetch, start) for start in starts}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            bar.update(len(done))
+            failed = [future for future in done if future.exception() is not None]
+            if failed:
+                for future in pending:  # those not started yet; the ones in flight end within the timeout
+                    future.cancel()
+                raise failed[0].exception()
     return images
 
 
@@ -167,7 +163,8 @@ def truncation_argument(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC endpoint HOST:PORT (default %(default)s)")
+    parser.add_argument("--url", type=endpoints_argument, default=DEFAULT_URL,
+                        help="Triton gRPC endpoint HOST:PORT, or replicas HOST:PORT,HOST:PORT,... (default %(default)s)")
     parser.add_argument("--seeds", type=seeds_argument, default="0-63", help="seeds and inclusive ranges, e.g. 0-63 or 3,7,40-47")
     parser.add_argument("--out", type=Path, help="write all faces as one grid PNG here")
     parser.add_argument("--each", type=Path, metavar="DIR", help="also write one PNG per seed (seed-000042.png) into DIR")
@@ -175,15 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", type=int, help="grid columns (default: square-ish)")
     parser.add_argument("--model", default=MODEL, help="served model name (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per gRPC call (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="re-sends per request: to another replica when one is down, after a backoff on a full queue (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, help=f"requests in flight (default {REQUESTS_PER_REPLICA} per replica)")
     args = parser.parse_args(argv)
     if args.out is None and args.each is None:
         parser.error("nothing to write: give --out GRID.png and/or --each DIR")
-    if args.retries < 0 or args.timeout <= 0:
-        parser.error("--retries must be >= 0 and --timeout > 0")
+    if args.retries < 0 or args.timeout <= 0 or (args.concurrency is not None and args.concurrency < 1):
+        parser.error("--retries must be >= 0, --timeout > 0 and --concurrency >= 1")
 
     try:
-        images = request_faces(args.url, args.seeds, args.truncation, args.model, args.timeout, args.retries, progress=True)
+        with EndpointPool(args.url, args.model, args.timeout, args.retries, log=lambda line: tqdm.write(line, file=sys.stderr)) as pool:
+            images = faces_from_pool(pool, args.seeds, args.truncation, progress=True, concurrency=args.concurrency)
     except (TritonClientError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed, image in zip(args.seeds, images):
             save_png(args.each / seed_filename(seed), image)
         written.append(f"{len(images)} PNGs in {args.each}/")
-    print(f"{len(images)} faces from {args.model} at {normalize_url(args.url)} -> {' and '.join(written)}")
+    print(f"{len(images)} faces from {args.model} at {','.join(args.url)} -> {' and '.join(written)}")
+    if len(args.url) > 1 or pool.resent:
+        print(pool.summary())
     return 0
 
 

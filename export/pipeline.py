@@ -25,10 +25,9 @@ import torch
 
 from export import onnx_export, parity, repository, tensorrt_build
 from training.attention import set_attention_impl
-from training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint
+from training.checkpoint import LATEST, CheckpointError, generator_from_checkpoint, load_checkpoint
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
 
-LATEST = "checkpoint-latest.pt"
 
 
 @dataclass

@@ -3,7 +3,7 @@
 model_repository/bamsgan/
   config.pbtxt   owned by serving (tracked in git); export only keeps its I/O dims and
                  max_batch_size in step with what it published, field by field
-  N/             one export: model.py, latents.py, generator.onnx, [generator_fp16.onnx],
+  N/             one export: model.py, latents.py, engines.py, generator.onnx, [generator_fp16.onnx],
                  [generator.plan], metadata.json
 
 A version is written into a temporary directory beside the versions (`.partial-*`; Triton ignores
@@ -15,20 +15,23 @@ rename onto a non-empty directory fails (ENOTEMPTY/EEXIST), and the loser takes 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
+import py_compile
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from training.constants import IMAGE_CHANNELS, IMAGE_SIZE
+from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, MAX_BATCH_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_SOURCE = ROOT / "serving" / "python_backend" / "model.py"
+ENGINES_SOURCE = ROOT / "serving" / "python_backend" / "engines.py"  # model.py's engines, beside it
 LATENTS_SOURCE = ROOT / "training" / "latents.py"
 IMAGE_DIMS = [IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS]
-DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH_SIZE = MAX_BATCH_SIZE
 
 
 class RepositoryError(RuntimeError):
@@ -53,6 +56,18 @@ def check_backend_source(backend_source: str | os.PathLike = BACKEND_SOURCE) -> 
     return backend_source
 
 
+def compile_python_sources(version_dir: Path) -> None:
+    """Write the version's Python files' __pycache__ now, for this interpreter.
+
+    Otherwise the Python backend writes them into the version directory when it first loads it,
+    and the server's repository poll (serving/launcher.py) takes that for a change and reloads the
+    model. A server on another Python (NVIDIA's image) still writes its own once.
+    """
+    for name in ("model.py", "latents.py", "engines.py"):
+        source = version_dir / name
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
+
+
 def publish_version(
     model_dir: str | os.PathLike,
     artifacts: dict[str, str | os.PathLike],
@@ -68,12 +83,16 @@ def publish_version(
     try:
         shutil.copyfile(backend_source, partial / "model.py")
         shutil.copyfile(LATENTS_SOURCE, partial / "latents.py")
+        shutil.copyfile(backend_source.parent / "engines.py" if (backend_source.parent / "engines.py").is_file()
+                        else ENGINES_SOURCE, partial / "engines.py")
         for name, source in artifacts.items():
             shutil.copyfile(source, partial / name)
         (partial / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        for path in partial.iterdir():  # the data is on disk before the name appears
-            with open(path, "rb") as file:
-                os.fsync(file.fileno())
+        compile_python_sources(partial)
+        for path in partial.rglob("*"):  # the data is on disk before the name appears
+            if path.is_file():
+                with open(path, "rb") as file:
+                    os.fsync(file.fileno())
         partial.chmod(0o755)  # mkdtemp makes it 0700; Triton may run as another user
         number = (versions(model_dir) or [0])[-1] + 1
         while True:

@@ -22,9 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
+from serving.python_backend.engines import TensorRTEngine
+from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, MAX_BATCH_SIZE, Z_DIM
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TIMING_CACHE = ROOT / ".cache" / "tensorrt" / "timing.cache"
@@ -60,7 +59,7 @@ def build_settings(
     z_dim: int = Z_DIM,
     min_batch: int = 1,
     opt_batch: int = 64,
-    max_batch: int = 256,
+    max_batch: int = MAX_BATCH_SIZE,
     fp16: bool = True,
     fp32_layer_names: tuple[str, ...] | list[str] = (),
     timing_cache: str | os.PathLike = DEFAULT_TIMING_CACHE,
@@ -175,31 +174,12 @@ def build_engine(onnx_path: str | os.PathLike, settings: TrtBuildSettings) -> tu
     return bytes(memoryview(plan)), pinned
 
 
-class EngineRunner:
-    """Run a serialized engine on the GPU: latents float32 [B, z] -> uint8 images [B, 64, 64, 3]."""
+class EngineRunner(TensorRTEngine):
+    """Run a serialized engine on the GPU: latents float32 [B, z] -> uint8 images [B, 64, 64, 3].
 
-    def __init__(self, plan: bytes, input_name: str = "latent", output_name: str = "image"):
-        import tensorrt as trt
-        import torch
+    The served model's own runner (serving/python_backend/engines.py), so parity measures the
+    engine exactly as it will be served.
+    """
 
-        self.torch, self.input_name, self.output_name = torch, input_name, output_name
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(plan)
-        if self.engine is None:
-            raise RuntimeError("TensorRT could not deserialize the engine (built for another GPU or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()  # not the legacy default stream (TensorRT warns about it)
-
-    def __call__(self, latents: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with torch.cuda.stream(self.stream):
-            inputs = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).cuda()
-            shape = (len(latents), IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS)
-            outputs = torch.empty(shape, dtype=torch.uint8, device="cuda")
-            self.context.set_input_shape(self.input_name, tuple(inputs.shape))
-            self.context.set_tensor_address(self.input_name, inputs.data_ptr())
-            self.context.set_tensor_address(self.output_name, outputs.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            images = outputs.cpu()  # waits for the stream
-        return images.numpy()
+    def __init__(self, plan: bytes, device_id: int = 0):
+        super().__init__(plan, device_id, (IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS))

@@ -84,6 +84,8 @@ def build_ensemble(version_dir: str | Path, to: str | Path = TEMPLATES, engine: 
     for name in ("model.py", "latents.py", "metadata.json"):
         if (version_dir / name).is_file():
             shutil.copy2(version_dir / name, latents_dir / name)
+    if (version_dir / "__pycache__").is_dir():  # compiled by export (copy2 keeps the mtimes they check):
+        shutil.copytree(version_dir / "__pycache__", latents_dir / "__pycache__")  # a load writes nothing for the poll to see
     generator_dir = written["bamsgan_generator"]
     shutil.copy2(version_dir / "generator.onnx", generator_dir / "model.onnx")
     if plan.is_file():

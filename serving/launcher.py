@@ -11,6 +11,26 @@ NVIDIA's container). The wheel's Python backend ships one stub per Python versio
 backend directory of our own (symlinks, under .cache/) holding the stub for the running
 interpreter, and start the server with this interpreter's bin/ first on PATH: the stub runs the
 `python3` it finds there, so models see this virtual environment's packages (numpy < 2).
+
+Production defaults, all built into the command line here (`TritonServer.command`), the one
+definition of the server's flags that `make serve`, the tests and Kubernetes manifests share:
+
+- Response cache (`--cache-config local,size=`): seed -> image is a pure function, and the model's
+  config.pbtxt enables `response_cache`; Triton hashes the whole request, so clients that send one
+  seed per request hit best. `cache_mib=0` turns it off.
+- Model updates without restart (`--model-control-mode=poll`): Triton rescans the repository every
+  `poll_seconds` and loads a newly exported version beside the serving one, then retires the old
+  one (config.pbtxt's version_policy); export renames a finished version into place, so a scan
+  never sees half a version. `poll_seconds=0`: model control none (a restart picks up exports).
+- Guarded HTTP: Triton 2.41's HTTP frontend allocates a request's declared input shape before it
+  checks it (a 150-byte request declaring [1, 1e9] costs 4 GB and 20 s), so by default the HTTP
+  port serves health, metadata, config and statistics only; inference, model loading and shared
+  memory over HTTP are refused at once (403) unless `http_inference=True` (trusted networks only).
+  gRPC, which checks shapes first, serves inference. Health probes: HTTP GET /v2/health/live and
+  /v2/health/ready, or the standard gRPC health service (grpc.health.v1.Health/Check, "SERVING").
+- Crash clean-up: the server and its Python-backend stubs share one process group (the server's
+  own session); whenever the server stops or dies, `stop()` ends that group and removes the
+  shared-memory regions named by this server's prefix, so a restart on the same ports works at once.
 """
 
 from __future__ import annotations
@@ -31,6 +51,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "triton-backends"
+
+# The server's defaults (`python -m serving`, make serve, Kubernetes manifests read these).
+DEFAULT_ADDRESS = "127.0.0.1"  # 0.0.0.0 to listen on every interface (a container)
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_RESPONSE_CACHE_MIB = 256  # one cached 64x64x3 image is ~12 KiB: ~20k single-seed answers
+DEFAULT_POLL_SECONDS = 5  # repository rescan interval for new exports; 0 = model control none
+HTTP_GUARDED_APIS = "inference,model-repository,shared-memory"  # refused over HTTP unless opened
+SHM_DIR = Path("/dev/shm")
 
 
 class LaunchError(RuntimeError):
@@ -172,6 +202,17 @@ def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def group_members(process_group: int) -> list[int]:
+    """Live (not zombie) process ids in a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp ...
+            if int(fields[2]) == process_group and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
 def _kill_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies, so no orphan keeps the ports."""
     import ctypes
@@ -191,18 +232,28 @@ class TritonServer:
     def __init__(
         self,
         model_repository: str | os.PathLike = "model_repository",
-        grpc_port: int = 8001,
-        http_port: int = 8000,
-        metrics_port: int = 8002,
-        address: str = "127.0.0.1",
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+        metrics_port: int = DEFAULT_METRICS_PORT,
+        address: str = DEFAULT_ADDRESS,
         log_path: str | os.PathLike | None = None,
         extra_args: tuple[str, ...] = (),
+        *,
+        cache_mib: int = DEFAULT_RESPONSE_CACHE_MIB,
+        poll_seconds: int = DEFAULT_POLL_SECONDS,
+        http_inference: bool = False,
     ):
         self.model_repository = Path(model_repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.address = address
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = tuple(extra_args)
+        if cache_mib < 0 or poll_seconds < 0:
+            raise LaunchError(f"cache size and poll interval must be >= 0, got {cache_mib} MiB and {poll_seconds} s")
+        self.cache_mib, self.poll_seconds, self.http_inference = cache_mib, poll_seconds, http_inference
+        # Python-backend shared-memory regions are named by prefix: a unique one per server, so
+        # several servers on one machine never collide, and clean-up removes exactly ours.
+        self.shm_prefix = f"bamsgan_{os.getpid()}_{secrets.token_hex(4)}_"
         self.models: dict[str, list[int]] = {}
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
@@ -225,10 +276,10 @@ class TritonServer:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
 
     def command(self, binary: Path, backend_dir: Path | None) -> list[str]:
+        """The tritonserver command line: every server flag of the project is set here."""
         command = [
             str(binary),
             f"--model-repository={self.model_repository}",
-            "--model-control-mode=none",
             # The tracked config.pbtxt is the whole truth: nothing is filled in behind its back.
             "--disable-auto-complete-config",
             "--exit-on-error=true",
@@ -241,10 +292,21 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
-            # Python backend shared-memory regions are named by prefix: a unique one per server, so
-            # several servers on one machine (tests, a colleague's `make serve`) never collide.
-            f"--backend-config=python,shm-region-prefix-name=bamsgan_{os.getpid()}_{secrets.token_hex(4)}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if self.poll_seconds:
+            command += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_seconds}"]
+        else:
+            command.append("--model-control-mode=none")
+        if self.cache_mib:
+            command.append(f"--cache-config=local,size={self.cache_mib * 2**20}")
+            caches = binary.resolve().parent.parent / "caches"  # the wheel's; NVIDIA's image uses its default
+            if caches.is_dir():
+                command.append(f"--cache-directory={caches}")
+        if not self.http_inference:
+            # Requests to these APIs must carry a header with a value nobody is told: refused (403)
+            # before the body is read. Health, metadata, config and statistics stay open.
+            command.append(f"--http-restricted-api={HTTP_GUARDED_APIS}:bamsgan-http-guard={secrets.token_hex(16)}")
         if backend_dir is not None:
             command.append(f"--backend-directory={backend_dir}")
         return command + list(self.extra_args)
@@ -343,7 +405,12 @@ class TritonServer:
         return f"{reason}\nserver log {self.log_path}, last lines:\n{tail}"
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (Triton finishes in-flight requests, unloads models, exits 0); SIGKILL after timeout."""
+        """SIGTERM (Triton finishes in-flight requests, unloads models, exits 0); SIGKILL after timeout.
+
+        Then, whether it stopped cleanly or had died: end what is left of its process group (the
+        Python-backend stubs of a killed server live on otherwise, ~0.7 GB each) and remove its
+        shared-memory regions. Returns the server's exit code.
+        """
         process, self.process = self.process, None
         if process is None:
             return None
@@ -354,7 +421,22 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.clean_up(process.pid)
         return process.returncode
+
+    def clean_up(self, process_group: int) -> None:
+        """SIGKILL the server's process group (its session: stubs included) and unlink its shm regions."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process_group, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while group_members(process_group) and time.monotonic() < deadline:
+            time.sleep(0.05)  # killed, not yet reaped by init
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+
+    def shm_regions(self) -> list[Path]:
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -100,7 +100,10 @@ def triton_server(tmp_path_factory, published_version) -> ServerInfo:
     repository = tmp_path_factory.mktemp("served") / "model_repository"
     shutil.copytree(published_version.version_dir.parent, repository / MODEL_NAME)
     grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(repository, grpc_port, http_port, metrics_port, log_path=repository.parent / "tritonserver.log")
+    # Response cache off: these tests check what model.py computes, and a cached answer would hide
+    # repeated requests from it (tests/test_server_ops.py tests the cache). Poll off: nothing changes.
+    server = TritonServer(repository, grpc_port, http_port, metrics_port, log_path=repository.parent / "tritonserver.log",
+                          cache_mib=0, poll_seconds=0)
     server.start(timeout=120)
     try:
         yield ServerInfo(

@@ -123,6 +123,25 @@ def test_low_precision_matches_fp32_reference(dtype, batch, n, qk_channels, chan
         assert error < LOW_PRECISION_TOLERANCE[dtype], f"{name}: relative error {error:.2e}"
 
 
+# Every attention shape of the paper's model (c = 64): G at 16x16 (C 128) and 32x32 (C 64), D at 8x8
+# (C 256) and 4x4 (C 512), as (N, Cqk, C). CUDA only: the interpreter would take minutes per shape.
+# `make gpu-check` runs this file on the GPU.
+PAPER_SHAPES = [(256, 16, 128), (1024, 8, 64), (64, 32, 256), (16, 64, 512)]
+RELATIVE_TOLERANCE = {torch.float32: 1e-4, **LOW_PRECISION_TOLERANCE}
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the models' full shapes take minutes in the Triton interpreter: CUDA only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("n, qk_channels, channels", PAPER_SHAPES, ids=["G16", "G32", "D8", "D4"])
+def test_paper_model_shapes_on_cuda(dtype, n, qk_channels, channels):
+    q, k, v, grad = _inputs(4, n, qk_channels, channels, dtype)
+    got, expected = _kernel_and_reference(q, k, v, grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        error = (a.float() - b).abs().max() / b.abs().max()
+        assert error < RELATIVE_TOLERANCE[dtype], f"{name}: relative error {error:.2e}"
+
+
 def test_self_attention_module_kernel_matches_reference():
     """impl="kernel" inside SelfAttention2d: q, k, v are strided views of the fused projection."""
     torch.manual_seed(0)

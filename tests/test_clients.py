@@ -17,6 +17,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from clients import benchmark, generate, perf_analyzer
+from clients.endpoints import EndpointPool
 from training.images import image_grid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -222,13 +223,16 @@ def test_benchmark_raises_a_dead_load_instead_of_waiting(triton_server):
                                  "--max-windows", "2"])
 
     async def drive():
-        stats_client = aioclient.InferenceServerClient(triton_server.grpc_url)
-        try:
-            config = benchmark.LoadConfig(1, "concurrency", 2)
-            return await asyncio.wait_for(benchmark.run_config(config, [BrokenClient()], stats_client, "bamsgan",
-                                                               benchmark.SeedCounter(), args, _NoBar()), timeout=30)
-        finally:
-            await stats_client.close()
+        url = triton_server.grpc_url
+        stats_client = aioclient.InferenceServerClient(url)
+        with EndpointPool(url, "bamsgan") as pool:
+            try:
+                await asyncio.to_thread(pool.connect)
+                config = benchmark.LoadConfig(1, "concurrency", 2)
+                return await asyncio.wait_for(benchmark.run_config(config, pool, {url: [BrokenClient()]}, {url: stats_client},
+                                                                   "bamsgan", benchmark.SeedCounter(), args, _NoBar()), timeout=30)
+            finally:
+                await stats_client.close()
 
     with pytest.raises(RuntimeError, match="client bug"):
         asyncio.run(drive())

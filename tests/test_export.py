@@ -21,6 +21,7 @@ from export import parity, repository, tensorrt_build
 from export.onnx_export import fold_generator
 from export.pipeline import export_checkpoint, find_checkpoint
 from training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint, save_checkpoint
+from training.constants import MAX_BATCH_SIZE
 from training.images import to_uint8_nhwc
 from training.latents import seeds_to_latents
 
@@ -122,14 +123,19 @@ def test_metadata_and_version_contents(first_export, checkpoint, backend_source)
     assert {"torch", "onnx", "onnxruntime", "opset", "tensorrt"} <= set(metadata["versions"])
     assert (version / "model.py").read_bytes() == backend_source.read_bytes()
     assert (version / "latents.py").read_bytes() == (ROOT / "training" / "latents.py").read_bytes()
+    assert (version / "engines.py").read_bytes() == (ROOT / "serving" / "python_backend" / "engines.py").read_bytes()
     names = {p.name for p in version.iterdir()}
-    assert {"model.py", "latents.py", "generator.onnx", "metadata.json"} <= names and "generator.plan" not in names
+    assert {"model.py", "latents.py", "engines.py", "generator.onnx", "metadata.json"} <= names and "generator.plan" not in names
+    # Compiled at export: a Python backend that wrote them at load would look like a change to the
+    # server's repository poll and reload the model.
+    cached = {Path(p).name.split(".")[0] for p in (version / "__pycache__").iterdir()}
+    assert cached == {"model", "latents", "engines"}
 
 
 def test_config_pbtxt_created_and_parses(first_export):
     path = first_export.version_dir.parent / "config.pbtxt"
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-    assert config.backend == "python" and config.max_batch_size == 256
+    assert config.backend == "python" and config.max_batch_size == MAX_BATCH_SIZE
     tensors = {t.name: t for t in list(config.input) + list(config.output)}
     assert list(tensors["SEED"].dims) == [1] and list(tensors["IMAGE"].dims) == [64, 64, 3]
     assert tensors["TRUNCATION"].optional and model_config_pb2.DataType.Name(tensors["IMAGE"].data_type) == "TYPE_UINT8"
@@ -152,10 +158,10 @@ def test_config_sync_fixes_only_fields_out_of_step(tmp_path):
 
 def test_second_export_is_version_2_and_leaves_version_1_untouched(first_export, workspace, checkpoint, backend_source):
     first = first_export.version_dir
-    before = {p.name: sha256(p) for p in first.iterdir()}
+    before = {str(p.relative_to(first)): sha256(p) for p in first.rglob("*") if p.is_file()}
     second = export_checkpoint(checkpoint, workspace / "repo", fp16=False, backend_source=backend_source, log=lambda line: None)
     assert second.version_dir == first.parent / "2"
-    assert {p.name: sha256(p) for p in first.iterdir()} == before
+    assert {str(p.relative_to(first)): sha256(p) for p in first.rglob("*") if p.is_file()} == before
     assert second.metadata["engines"]["onnx_fp16"] is None and not (second.version_dir / "generator_fp16.onnx").exists()
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".partial")]
 

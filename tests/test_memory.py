@@ -64,3 +64,13 @@ def test_replacement_is_reproducible():
         for bank in banks:
             bank.add(batch)
     assert torch.equal(banks[0].images, banks[1].images)
+
+
+def test_a_process_share_of_a_draw_is_those_rows_of_the_whole_draw():
+    # Data-parallel training: every process draws the global batch's indices and keeps its rows.
+    banks = [MemoryRepository(16, seed=7) for _ in range(3)]
+    for bank in banks:
+        bank.add(torch.arange(16.0)[:, None, None, None].expand(16, 3, 64, 64) / 16)
+    whole = banks[0].sample(8)
+    assert torch.equal(banks[1].sample(8, rows=slice(0, 4)), whole[:4])
+    assert torch.equal(banks[2].sample(8, rows=slice(4, 8)), whole[4:])

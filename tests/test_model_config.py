@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from serving.ensemble import EnsembleError, build_ensemble, main as ensemble_main
-from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
+from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, MAX_BATCH_SIZE, Z_DIM
 from training.latents import seeds_to_latents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_config_parses_as_triton_model_config(path):
     config = parse(path)  # raises on unknown fields, wrong types, bad enum values
     assert config.name == path.parent.name, "model name must match its folder"
     assert config.backend or config.platform
-    assert config.max_batch_size == 256
+    assert config.max_batch_size == MAX_BATCH_SIZE
 
 
 SERVED_INPUTS = {"SEED": ("TYPE_INT64", [1], False), "TRUNCATION": ("TYPE_FP32", [1], True)}
@@ -109,7 +109,7 @@ def test_build_ensemble_populates_versions(ensemble_repository, published_versio
         assert parse(ensemble_repository / model / "config.pbtxt") == parse(ENSEMBLE / model / "config.pbtxt")
         assert (ensemble_repository / model / version).is_dir()
     latents_dir = ensemble_repository / "bamsgan_latents" / version
-    assert sorted(p.name for p in latents_dir.iterdir()) == ["latents.py", "metadata.json", "model.py"]
+    assert sorted(p.name for p in latents_dir.iterdir()) == ["__pycache__", "latents.py", "metadata.json", "model.py"]
     assert (latents_dir / "latents.py").read_bytes() == (REPO_ROOT / "training/latents.py").read_bytes()
     model_onnx = ensemble_repository / "bamsgan_generator" / version / "model.onnx"
     assert model_onnx.read_bytes() == published_version.onnx_path.read_bytes()

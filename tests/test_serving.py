@@ -21,11 +21,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
+from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, MAX_BATCH_SIZE, Z_DIM
 from training.latents import seeds_to_latents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MAX_BATCH = 256
+MAX_BATCH = MAX_BATCH_SIZE
 
 
 def make_inputs(seeds, truncation=None, seed_dtype=np.int64, seed_shape=None, truncation_shape=None):
@@ -159,7 +159,7 @@ BAD_REQUESTS = {
     "seed-shape-flat": (lambda: make_inputs([1, 2], seed_shape=(2,)), "INVALID_ARGUMENT", ["shape", "SEED", "[-1,1]"]),
     "seed-negative": (lambda: make_inputs([4, -3, 7]), "INVALID_ARGUMENT", ["SEED must be non-negative, got -3"]),
     "empty": (lambda: make_inputs([], seed_shape=(0, 1)), "INVALID_ARGUMENT", ["SEED is empty"]),
-    "batch-over-max": (lambda: make_inputs(range(MAX_BATCH + 1)), "INVALID_ARGUMENT", ["batch-size must be <= 256"]),
+    "batch-over-max": (lambda: make_inputs(range(MAX_BATCH + 1)), "INVALID_ARGUMENT", [f"batch-size must be <= {MAX_BATCH}"]),
     "truncation-nan": (lambda: make_inputs([1, 2], [0.5, np.nan]), "INVALID_ARGUMENT", ["TRUNCATION must not be NaN"]),
     "truncation-negative": (lambda: make_inputs([1, 2], [0.5, -1.0]), "INVALID_ARGUMENT", ["TRUNCATION must be positive", "-1"]),
     "truncation-zero": (lambda: make_inputs([1, 2], [0.0, 1.0]), "INVALID_ARGUMENT", ["TRUNCATION must be positive", "0"]),

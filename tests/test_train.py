@@ -1,4 +1,7 @@
-"""The training loop on real faces: run directory, checkpoints, exact resume, clear errors."""
+"""The training loop: run directory, checkpoints, exact resume, metrics, clear errors.
+
+On the shared real faces (../shared/data) when present, else on synthetic faces: a fresh clone
+without the data still tests the whole loop."""
 
 import json
 
@@ -8,7 +11,7 @@ import torch
 from PIL import Image
 
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
-from training.config import TrainConfig
+from training.config import PRESETS, TrainConfig, parse_args
 from training.constants import Z_DIM
 from training.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
@@ -16,11 +19,11 @@ from training.train import LATEST, main, train
 
 from .paths import MINI_TAR
 
-pytestmark = pytest.mark.skipif(not MINI_TAR.exists(), reason=f"real data not found at {MINI_TAR}")
+DATA = str(MINI_TAR) if MINI_TAR.exists() else "synthetic"  # 64 images either way (max_images / synthetic_size)
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(data=str(MINI_TAR), max_images=64, cache_dir=str(tmp_path / "cache"), channels=4, batch_size=16,
+    values = dict(data=DATA, max_images=64, synthetic_size=64, cache_dir=str(tmp_path / "cache"), channels=4, batch_size=16,
                   epochs=3, memory_capacity=24, memory_fill_epoch=0, memory_replay_epoch=1, memory_store_per_step=4,
                   sample_seeds=9, threads=1)
     return TrainConfig(**{**values, **overrides})
@@ -67,7 +70,7 @@ def test_run_describes_itself_and_resume_is_exact(tmp_path):
 
     run = tmp_path / "straight"
     options = json.loads((run / "options.json").read_text())
-    assert options["channels"] == 4 and options["data"] == str(MINI_TAR) and "run" in options
+    assert options["channels"] == 4 and options["data"] == DATA and "run" in options
     stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [s["epoch"] for s in stats] == [1, 2, 3]
     assert all(np.isfinite(s["loss_D"]) and s["images_per_s"] > 0 for s in stats)
@@ -123,6 +126,8 @@ def test_resume_continues_to_the_runs_own_epoch_count(tmp_path):
     save_checkpoint(run / LATEST, state)
     main(["--out", str(run), "--resume"])  # no --epochs: the run's own 2, not the preset's default
     assert load_checkpoint(run / LATEST)["epoch"] == 2
+    # Epoch 2 was logged, "lost" and redone: stats.jsonl holds it once.
+    assert [json.loads(line)["epoch"] for line in (run / "stats.jsonl").read_text().splitlines()] == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +135,7 @@ def test_resume_continues_to_the_runs_own_epoch_count(tmp_path):
     [(["--data", "/no/such/images"], "error:"), (["--max-images", "0"], "max_images"), (["--memory-capacity", "0"], "capacity")],
 )
 def test_bad_data_or_options_are_one_line_errors(tmp_path, flags, words):
-    args = ["--data", str(MINI_TAR), "--channels", "4", "--batch-size", "16", "--max-images", "64",
+    args = ["--data", DATA, "--synthetic-size", "64", "--channels", "4", "--batch-size", "16", "--max-images", "64",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--epochs", "1"]
     with pytest.raises(SystemExit, match=words):
         main(args + flags)
@@ -142,3 +147,55 @@ def test_default_run_dir_has_no_glob_characters():
     name = default_run_dir(TrainConfig(data="../shared/data/anime-faces-64/shard-*.tar")).name
     assert name.endswith("-anime-faces-64-cpu") and "*" not in name
     assert default_run_dir(TrainConfig(data="../shared/data/anime-faces-mini-512.tar")).name.endswith("-anime-faces-mini-512-cpu")
+
+
+def test_metrics_every_epoch_and_d_logits_per_part(tmp_path, monkeypatch):
+    """--metrics-every 1 on synthetic data: one metrics.jsonl record per epoch in the contract's format
+    (the resumed run appends), and D's mean logit per input part in stats.jsonl."""
+    from training.metrics import HEADLINE_METRIC, METRIC_NAMES
+
+    monkeypatch.setenv("BAMSGAN_CACHE", str(tmp_path / "cache"))  # the metrics' real-set statistics cache
+    run = tmp_path / "run"
+    args = ["--data", "synthetic", "--synthetic-size", "64", "--cache-dir", str(tmp_path / "cache"), "--channels", "4",
+            "--batch-size", "16", "--memory-capacity", "24", "--memory-fill-epoch", "0", "--memory-replay-epoch", "1",
+            "--sample-seeds", "4", "--threads", "1", "--metrics-every", "1", "--metrics-count", "32", "--out", str(run)]
+    main(args + ["--epochs", "1"])
+    main(["--out", str(run), "--resume", "--epochs", "2"])
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and [r["step"] for r in records] == [4, 8]
+    for record in records:
+        assert set(record) == {"epoch", "step", "kimg", "n", "metrics"}
+        assert record["n"] == 32 and record["kimg"] == record["step"] * 16 / 1000
+        assert set(record["metrics"]) <= set(METRIC_NAMES) and HEADLINE_METRIC in record["metrics"]
+        for entry in record["metrics"].values():
+            assert {"value", "uncertainty", "n_fake", "n_real", "unavailable"} <= set(entry)
+            assert (entry["value"] is None) == (entry["unavailable"] is not None)
+        headline = record["metrics"][HEADLINE_METRIC]
+        assert np.isfinite(headline["value"]) and headline["n_fake"] == 32 and headline["n_real"] == 32
+    assert records[0]["metrics"][HEADLINE_METRIC]["value"] != records[1]["metrics"][HEADLINE_METRIC]["value"]
+
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == [1, 2]
+    for s in stats:
+        assert all(np.isfinite(s[f"D_{part}"]) for part in ("real", "fake", "blur"))
+    assert "D_memory" not in stats[0] and np.isfinite(stats[1]["D_memory"])  # memory is replayed from epoch 2
+    assert not list(run.glob(".*.partial"))
+
+    with pytest.raises(SystemExit, match="error: no face detector file at"):
+        main(args[:-1] + [str(tmp_path / "other"), "--detector", str(tmp_path / "no-such.xml")])
+    assert not (tmp_path / "other" / "options.json").exists()
+
+
+def test_one_source_of_defaults(capsys):
+    """The dataclass defaults are the cpu preset (the CLI's default); the paper preset is the paper's."""
+    assert PRESETS["cpu"] == {} and parse_args([])[0] == TrainConfig() == parse_args(["--preset", "cpu"])[0]
+    paper = parse_args(["--preset", "paper"])[0]
+    assert (paper.channels, paper.batch_size, paper.epochs, paper.lr_g, paper.lr_d, paper.beta1, paper.beta2) == \
+        (64, 64, 300, 1e-4, 4e-4, 0.0, 0.9)  # SAGAN's model and TTUR Adam; the paper's 300 epochs
+    assert (paper.memory_fill_epoch, paper.memory_replay_epoch, paper.weight_decay) == (20, 25, 1e-4)
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("epochs", TrainConfig.epochs), ("batch-size", TrainConfig.batch_size), ("beta1", TrainConfig.beta1)):
+        assert f"--{flag} {flag.upper().replace('-', '_')} default {default!r} (paper: {getattr(paper, flag.replace('-', '_'))!r})" in help_text

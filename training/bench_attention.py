@@ -1,8 +1,13 @@
-"""Benchmark SAGAN attention: forward+backward time and memory per implementation.
+"""Benchmark SAGAN attention: forward+backward (and forward) time and memory per implementation.
 
     python -m training.bench_attention                          # attention at the models' shapes
+    python -m training.bench_attention --passes forward,forward+backward
     python -m training.bench_attention --whole-model            # Generator/Discriminator images/s
     python -m training.bench_attention --device cpu --batch-sizes 16 --repeats 2
+
+`measure_shapes(...)` returns the same figures as records (clients.gpu_check reports them).
+Times: the median of --repeats runs after --warmup runs, with the spread (min-max); on CUDA each
+run is timed with CUDA events (GPU time, no host-side launch gaps counted), on CPU with the wall clock.
 
 Each implementation runs through training.attention.attention(q, k, v, impl), as SelfAttention2d
 calls it, on q, k, v split from one fused projection (strided views, like the module's). "sdpa"
@@ -64,18 +69,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(step, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of step() in milliseconds (warm-up runs also trigger Triton autotuning)."""
+def time_runs_ms(step, device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `repeats` runs of step(), after `warmup` runs (which also trigger
+    Triton autotuning): CUDA events on CUDA, the wall clock around a synchronised run elsewhere."""
     for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            step()
+            times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def time_ms(step, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median time of step() in milliseconds (see time_runs_ms)."""
+    return statistics.median(time_runs_ms(step, device, repeats, warmup))
 
 
 def memory_mib(step, device: torch.device) -> float:
@@ -102,43 +119,75 @@ def available_impls(device: torch.device) -> tuple[list[str], str | None]:
     return ["reference", "sdpa", "kernel"], None
 
 
-def attention_step(batch: int, n: int, channels: int, impl: str, device: torch.device, dtype: torch.dtype):
-    """One forward+backward of the attention core on views of a fused [B, N, 2*Cqk + C] projection."""
+PASSES = ("forward", "forward+backward")
+
+
+def attention_step(batch: int, n: int, channels: int, impl: str, device: torch.device, dtype: torch.dtype,
+                   backward: bool = True):
+    """One forward+backward (or, backward=False, one no-grad forward) of the attention core on views
+    of a fused [B, N, 2*Cqk + C] projection."""
     qk_channels = max(1, channels // 8)
     qkv = torch.randn(batch, 2 * qk_channels + channels, n, device=device, dtype=dtype)
-    qkv = qkv.transpose(1, 2).requires_grad_()  # the module's layout: channels strided by N
-    grad_out = torch.randn(batch, n, channels, device=device, dtype=dtype)
+    qkv = qkv.transpose(1, 2).requires_grad_(backward)  # the module's layout: channels strided by N
+    grad_out = torch.randn(batch, n, channels, device=device, dtype=dtype) if backward else None
 
     def step():
-        qkv.grad = None
         q, k, v = qkv.split([qk_channels, qk_channels, channels], dim=2)
+        if not backward:
+            with torch.no_grad():
+                return attention(q, k, v, impl)
+        qkv.grad = None
         attention(q, k, v, impl).backward(grad_out)
 
     return step
 
 
+def measure_shapes(channels: int, batch_sizes: list[int], impls: list[str], device: torch.device, dtype: torch.dtype,
+                   passes: tuple[str, ...] = ("forward+backward",), repeats: int = 20, warmup: int = 3) -> list[dict]:
+    """Time and memory of every impl at every attention shape of G and D (model width `channels`),
+    one record per (shape, batch, pass, impl); ratios against the first impl ("reference" first)."""
+    records = []
+    for name, n, width in model_shapes(channels):
+        for batch in batch_sizes:
+            for pass_name in passes:
+                base = None
+                for impl in impls:
+                    step = attention_step(batch, n, width, impl, device, dtype, backward=pass_name != "forward")
+                    times = time_runs_ms(step, device, repeats, warmup)
+                    record = {"shape": name, "n": n, "qk_channels": max(1, width // 8), "channels": width, "batch": batch,
+                              "pass": pass_name, "impl": impl, "dtype": str(dtype).removeprefix("torch."),
+                              "ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "repeats": len(times),
+                              "mib": memory_mib(step, device)}
+                    base = base or record
+                    record["speedup_vs_" + base["impl"]] = base["ms"] / record["ms"]
+                    record["memory_vs_" + base["impl"]] = record["mib"] / base["mib"] if base["mib"] else float("nan")
+                    records.append(record)
+                    del step
+    return records
+
+
+def format_records(records: list[dict]) -> str:
+    """The measure_shapes records as a table: median ms (min-max), MiB, ratios to the reference."""
+    header = (f"{'shape':<16} {'Cqk':>4} {'batch':>5} {'pass':<16} {'impl':<9} {'ms':>9} {'(min-max)':>17} "
+              f"{'vs ref':>7} {'MiB':>9} {'vs ref':>7}")
+    lines = [header, "-" * len(header)]
+    for r in records:
+        spread = f"({r['ms_min']:.3f}-{r['ms_max']:.3f})"
+        lines.append(f"{r['shape']:<16} {r['qk_channels']:>4} {r['batch']:>5} {r['pass']:<16} {r['impl']:<9} {r['ms']:>9.3f} "
+                     f"{spread:>17} {r['speedup_vs_reference']:>6.2f}x {r['mib']:>9.2f} {r['memory_vs_reference']:>6.2f}x")
+    return "\n".join(lines)
+
+
 def bench_attention(args, device: torch.device, dtype: torch.dtype) -> None:
     impls, note = available_impls(device)
     memory_what = "extra peak CUDA memory" if device.type == "cuda" else "largest tensor one op allocates"
-    print(f"attention forward+backward: device={device} dtype={args.dtype} repeats={args.repeats} "
-          f"(median ms); memory = {memory_what} (MiB); 'vs ref' = reference / impl (time: speedup), "
+    print(f"attention {', '.join(args.passes)}: device={device} dtype={args.dtype} repeats={args.repeats} "
+          f"(median ms, min-max); memory = {memory_what} (MiB); 'vs ref' = reference / impl (time: speedup), "
           f"impl / reference (memory)")
     if note:
         print(note)
-    header = f"{'shape':<16} {'Cqk':>4} {'batch':>5}  {'impl':<9} {'ms':>9} {'vs ref':>7} {'MiB':>9} {'vs ref':>7}"
-    print(header)
-    print("-" * len(header))
-    for name, n, channels in model_shapes(args.channels):
-        for batch in args.batch_sizes:
-            reference_ms = reference_mib = None
-            for impl in impls:
-                step = attention_step(batch, n, channels, impl, device, dtype)
-                ms = time_ms(step, device, args.repeats, args.warmup)
-                mib = memory_mib(step, device)
-                if impl == "reference":
-                    reference_ms, reference_mib = ms, mib
-                print(f"{name:<16} {max(1, channels // 8):>4} {batch:>5}  {impl:<9} {ms:>9.3f} "
-                      f"{reference_ms / ms:>6.2f}x {mib:>9.2f} {mib / reference_mib:>6.2f}x", flush=True)
+    records = measure_shapes(args.channels, args.batch_sizes, impls, device, dtype, tuple(args.passes), args.repeats, args.warmup)
+    print(format_records(records), flush=True)
 
 
 def bench_whole_model(args, device: torch.device, dtype: torch.dtype) -> None:
@@ -189,6 +238,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (also Triton autotuning)")
     parser.add_argument("--channels", type=int, default=64, help="model width c (the paper's model: 64)")
+    parser.add_argument("--passes", default="forward+backward", type=lambda text: text.split(","),
+                        help=f"comma-separated among {', '.join(PASSES)} (default forward+backward)")
     parser.add_argument("--whole-model", action="store_true",
                         help="time Generator/Discriminator forward+backward per impl instead")
     args = parser.parse_args(argv)
@@ -196,6 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--device cuda: CUDA is not available here")
     if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         parser.error("--repeats and --batch-sizes must be positive, --warmup non-negative")
+    if not args.passes or any(p not in PASSES for p in args.passes):
+        parser.error(f"--passes: choose among {', '.join(PASSES)}")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     return args
 

@@ -1,11 +1,17 @@
-"""Training throughput and peak memory per attention implementation, side by side in one run.
+"""Training throughput and peak memory per attention implementation, or per process count, side by side in one run.
 
     python -m training.bench_training [--preset cpu|paper] [--batch-size 64] [--steps 10] [--impls sdpa,reference]
+    python -m training.bench_training --processes 1,2 [--preset cpu] [--batch-size 64] [--steps 10]
 
 Each implementation runs the full training step (G forward, one D call over real + fake + blur
 + memory, G step, EMA) on random uint8 images in a child process of its own, so peak memory is
 that implementation's alone: CUDA's max_memory_allocated on a GPU, the process's peak RSS on CPU.
-Prints a table with images/s and the ratio to the reference (bmm + softmax) attention.
+Prints a table with images/s (the mean of 3 timed windows, and their spread) and the ratio to the
+reference (bmm + softmax) attention.
+
+With --processes, each count N trains the same global batch with N data-parallel processes
+(`python -m training.distributed --standalone --nproc-per-node N -m training.train --bench STEPS`),
+one GPU each, or on CPU the free cores shared out (threads per process = cores / N).
 """
 
 from __future__ import annotations
@@ -14,45 +20,52 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import resource
-import time
+import os
+import statistics
+import subprocess
+import sys
 
 import torch
 
 from training.config import PRESETS, TrainConfig
-from training.train import Trainer, free_cores, pick_device
-
-
-def measure(config: TrainConfig, steps: int) -> dict:
-    """Time `steps` full training steps after 3 warm-up steps; images/s and peak memory."""
-    device = pick_device(config.device)
-    torch.set_num_threads(config.threads or free_cores())
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (max(512, 4 * config.batch_size), 3, 64, 64), dtype=torch.uint8, generator=generator)
-    trainer = Trainer(config, pixels, pixels[: len(pixels) // 10], device)
-    if trainer.memory is not None:  # time the full four-term step: memory filled and replayed
-        trainer.epoch = config.memory_replay_epoch
-        trainer.memory.add(torch.rand(config.memory_capacity, 3, 64, 64, device=device) * 2 - 1)
-    order = trainer.epoch_order(0)
-    batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(len(order) // config.batch_size)]
-    for index in range(3):  # warm-up: allocator, autotuning, torch.compile
-        trainer.step(batches[index % len(batches)])
-    if trainer.cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for index in range(steps):
-        trainer.step(batches[index % len(batches)])
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak_mib = (torch.cuda.max_memory_allocated() if trainer.cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    return {"images_per_s": steps * config.batch_size / seconds, "peak_mib": peak_mib,
-            "memory_kind": "CUDA max allocated" if trainer.cuda else "process peak RSS"}
+from training.train import free_cores, measure, pick_device
 
 
 def _measure_in_child(config: TrainConfig, steps: int, queue) -> None:
     queue.put(measure(config, steps))
+
+
+def measure_processes(args, counts: list[int]) -> dict[int, dict]:
+    """The training step with N processes for each N, each under torchrun (our launcher)."""
+    results = {}
+    for count in counts:
+        threads = args.threads or max(1, free_cores() // count)
+        command = [sys.executable, "-m", "training.distributed", "--standalone", "--nproc-per-node", str(count),
+                   "-m", "training.train", "--bench", str(args.steps), "--preset", args.preset, "--batch-size",
+                   str(args.batch_size), "--device", args.device, "--threads", str(threads), "--attention-impl", args.impls]
+        if args.compile:
+            command.append("--compile")
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            print(f"{count} processes: failed (exit code {done.returncode}): {done.stderr.strip()[-300:]}")
+            continue
+        results[count] = json.loads(lines[-1])
+    return results
+
+
+def print_processes(args, results: dict[int, dict]) -> None:
+    device = pick_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {free_cores()} cores"
+    print(f"\ntraining step, preset {args.preset}, attention {args.impls}, global batch {args.batch_size}, "
+          f"3 windows x {args.steps} steps, {where}")
+    base = results.get(1)
+    print(f"{'processes':>9} {'threads each':>12} {'images/s':>10} {'spread (std)':>13} {'vs 1 process':>13}")
+    for count, result in results.items():
+        ratio = result["images_per_s"] / base["images_per_s"] if base else float("nan")
+        spread = statistics.stdev(result["windows"]) if len(result["windows"]) > 1 else float("nan")
+        print(f"{count:>9} {result['threads']:>12} {result['images_per_s']:>10.1f} {spread:>13.1f} {ratio:>12.2f}x")
+    print(json.dumps(results))
 
 
 def main() -> None:
@@ -60,13 +73,19 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--impls", default="reference,sdpa", help="comma-separated: reference, sdpa, kernel")
+    parser.add_argument("--impls", help="comma-separated: reference, sdpa, kernel (default reference,sdpa; "
+                                         "with --processes one of them or auto, the default)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--processes", help="comma-separated process counts to compare (data-parallel, torchrun), e.g. 1,2")
     args = parser.parse_args()
+    if args.processes:
+        args.impls = args.impls or "auto"
+        print_processes(args, measure_processes(args, [int(count) for count in args.processes.split(",")]))
+        return
 
-    impls = args.impls.split(",")
+    impls = (args.impls or "reference,sdpa").split(",")
     context = multiprocessing.get_context("spawn")
     results = {}
     for impl in impls:

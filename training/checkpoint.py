@@ -19,6 +19,7 @@ from training.networks import Generator
 
 FORMAT = "bamsgan-checkpoint"
 FORMAT_VERSION = 1
+LATEST = "checkpoint-latest.pt"  # a run's newest checkpoint: a hard link to it, swapped in atomically
 
 
 class CheckpointError(ValueError):

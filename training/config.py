@@ -1,13 +1,20 @@
 """Every training hyperparameter in one place: a dataclass, two presets, and the CLI built from it.
 
+One source of defaults: the dataclass defaults ARE the "cpu" preset (the CLI's default), and
+"paper" lists only what it changes. `--help` prints both.
+
 Presets:
 - "cpu": a narrow model (channels=16) that trains at ~200 images/s on 2 CPU cores, so
   `make train` on the synthetic default finishes in minutes and still draws faces. Its Adam
   uses beta1=0.5 and lr_G=2e-4 (still TTUR: lr_D=4e-4): measured on the synthetic faces, SAGAN's
   beta1=0 left G collapsed onto one face for ~600 steps (batch-std of outputs 0.18) where
   beta1=0.5 had diverse faces (0.27); a run of a few minutes cannot wait for the slow start.
-- "paper": the authors' model (channels=64: 512 channels at 4x4), batch 64, 300 epochs, memory
-  filled from epoch 20 and replayed from epoch 25. For GPUs.
+- "paper": the authors' model (channels=64: 512 channels at 4x4), SAGAN's TTUR Adam (lr_G=1e-4,
+  lr_D=4e-4, beta1=0, beta2=0.9), batch 64, 300 epochs, memory filled from epoch 20 and replayed
+  from epoch 25. For GPUs.
+
+`batch_size` is the global batch: under torchrun each of the N processes takes batch_size / N
+images of every step (training/distributed.py), so the learning rates need no rescaling.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from training.constants import Z_DIM
 class TrainConfig:
     # Data
     data: str = "synthetic"  # "synthetic", a folder of images, a .tar, or a glob of tar shards
-    synthetic_size: int = 8192
+    synthetic_size: int = 4096
     max_images: int | None = None  # use only the first N images of the data
     cache_dir: str | None = None  # decoded-dataset cache (default ~/.cache/bamsgan)
 
@@ -36,9 +43,9 @@ class TrainConfig:
 
     # Loss and optimisation (SAGAN's TTUR Adam; the paper's weight decay 1e-4 as regularisation)
     loss: str = "hinge"  # hinge | bce (the paper's log form)
-    lr_g: float = 1e-4
+    lr_g: float = 2e-4
     lr_d: float = 4e-4
-    beta1: float = 0.0
+    beta1: float = 0.5  # SAGAN (the paper preset): 0
     beta2: float = 0.9
     weight_decay: float = 1e-4
     ema_decay: float = 0.999  # EMA of G's weights; ramped up over the first steps
@@ -53,15 +60,15 @@ class TrainConfig:
 
     # Memory repository replayed as fakes
     memory: bool = True
-    memory_capacity: int = 2048
-    memory_fill_epoch: int = 20  # first epoch (0-based) whose generated images are stored
-    memory_replay_epoch: int = 25  # first epoch whose D step sees the memory as fakes
+    memory_capacity: int = 1024
+    memory_fill_epoch: int = 5  # first epoch (0-based) whose generated images are stored
+    memory_replay_epoch: int = 6  # first epoch whose D step sees the memory as fakes
     memory_store_per_step: int = 8  # generated images stored per step while filling
     memory_weight: float = 1.0
 
     # Schedule
-    epochs: int = 12
-    batch_size: int = 64
+    epochs: int = 10
+    batch_size: int = 32  # global: split over the processes of a torchrun launch
     seed: int = 0
 
     # Runtime
@@ -74,6 +81,13 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: int = 3  # per-epoch checkpoints kept (checkpoint-latest.pt always)
 
+    # Face-quality metrics of G-EMA during training (training/metrics.py), appended to metrics.jsonl
+    metrics_every: int = 0  # epochs; 0 = off. When on, the last epoch is always evaluated
+    metrics_count: int = 1000  # fakes (seeds 0..N-1) and reals per evaluation: affordable on CPU
+    metrics_data: str | None = None  # real images for the metrics (a --data source); default: the training data
+    detector: str | None = None  # face-detector cascade; default: training.metrics.find_detector()
+    inception_weights: str | None = None  # FID/KID weights; default: training.metrics.find_inception_weights()
+
     def __post_init__(self) -> None:
         if self.loss not in ("hinge", "bce"):
             raise ValueError(f"loss must be 'hinge' or 'bce', got {self.loss!r}")
@@ -81,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.channels < 1:
             raise ValueError("batch_size, epochs and channels must be positive")
+        if self.metrics_every < 0 or self.metrics_count < 1:
+            raise ValueError("metrics_every must be >= 0 (0 = off) and metrics_count positive")
         if self.memory_replay_epoch < self.memory_fill_epoch:
             raise ValueError("memory_replay_epoch must not come before memory_fill_epoch")
 
@@ -91,9 +107,9 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "cpu": dict(channels=16, epochs=10, batch_size=32, lr_g=2e-4, beta1=0.5, synthetic_size=4096,
-                memory_capacity=1024, memory_fill_epoch=5, memory_replay_epoch=6),
-    "paper": dict(channels=64, epochs=300, batch_size=64, memory_capacity=4096, memory_fill_epoch=20, memory_replay_epoch=25),
+    "cpu": {},  # the dataclass defaults
+    "paper": dict(channels=64, epochs=300, batch_size=64, lr_g=1e-4, beta1=0.0, synthetic_size=8192,
+                  memory_capacity=4096, memory_fill_epoch=20, memory_replay_epoch=25),
 }
 
 ABLATIONS: dict[str, dict] = {
@@ -116,11 +132,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help = f"default {default!r}" + "".join(
+            f" ({preset}: {values[f.name]!r})" for preset, values in PRESETS.items() if values.get(f.name, default) != default)
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=f"default {getattr(defaults, f.name)!r}")
+            parser.add_argument(flag, type=kind, default=None, help=help)
     args = parser.parse_args(argv)
     preset = args.preset or defaults.preset
     if preset not in PRESETS:

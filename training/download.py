@@ -1,10 +1,12 @@
-"""Download the paper's dataset (`make data`): the Dataset/images/ folder of
-github.com/ANI717/Anime_Face_Generation_with_GANs (63,565 JPEG anime faces, ~Kaggle animefacedataset).
+"""Download the paper's dataset and the metrics' face detector (`make data`).
 
-    python -m training.download [--dest data/anime-faces]
+    python -m training.download [--dest data/anime-faces] [--what images|detector|all]   (make data: all)
 
-Downloads the repository zip, extracts only the images into DEST (never overwriting a file already
-there) and deletes the zip. Without network access it says so in one line and exits with code 2.
+Images: the Dataset/images/ folder of github.com/ANI717/Anime_Face_Generation_with_GANs (63,565
+JPEG anime faces, ~Kaggle animefacedataset): downloads the repository zip, extracts only the images
+into DEST (never overwriting a file already there) and deletes the zip. Detector: nagadomi's
+lbpcascade_animeface.xml into data/ (where training.metrics.find_detector looks), kept if present.
+Without network access each says so in one line and the command exits with code 2.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from training.dataset import IMAGE_EXTENSIONS
+from training.metrics import DETECTOR_DEFAULTS, DETECTOR_URL
 
 URL = "https://codeload.github.com/ANI717/Anime_Face_Generation_with_GANs/zip/HEAD"  # default branch
 IMAGES_FOLDER = "/Dataset/images/"
@@ -57,11 +60,43 @@ def extract_images(archive: str | os.PathLike, dest: Path) -> tuple[int, int]:
     return written, present
 
 
+def fetch_detector(dest: Path, url: str = DETECTOR_URL) -> int:
+    """Download the face detector for the metrics into dest (atomically; an existing file is kept)."""
+    if dest.exists():
+        print(f"{dest} already there")
+        return 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(partial, "wb") as file:
+            shutil.copyfileobj(response, file)
+        os.replace(partial, dest)
+    except (urllib.error.URLError, HTTPException, OSError) as error:
+        host = urllib.parse.urlsplit(url).hostname
+        print(f"error: could not reach {host} to fetch the face detector ({getattr(error, 'reason', None) or error}); "
+              "the metrics take it by path instead: --detector ../shared/models/lbpcascade_animeface.xml", file=sys.stderr)
+        return 2
+    finally:
+        if partial.exists():
+            partial.unlink()
+    print(f"face detector written to {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download the BaMSGAN paper's anime-face images into a folder.")
+    parser = argparse.ArgumentParser(description="Download the BaMSGAN paper's anime-face images and the metrics' face detector.")
     parser.add_argument("--dest", default="data/anime-faces", help="folder for the images (default: %(default)s)")
     parser.add_argument("--url", default=URL, help="zip of the repository (default: %(default)s)")
+    parser.add_argument("--detector-url", default=DETECTOR_URL, help="lbpcascade_animeface.xml (default: %(default)s)")
+    parser.add_argument("--detector-dest", default=str(DETECTOR_DEFAULTS[0]), help="where to put it (default: %(default)s)")
+    parser.add_argument("--what", choices=("images", "detector", "all"), default="images", help="what to fetch (default: %(default)s)")
     args = parser.parse_args(argv)
+    detector_code = fetch_detector(Path(args.detector_dest), args.detector_url) if args.what in ("detector", "all") else 0
+    images_code = download_images(args) if args.what in ("images", "all") else 0
+    return max(detector_code, images_code)
+
+
+def download_images(args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)

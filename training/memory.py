@@ -40,12 +40,14 @@ class MemoryRepository:
             slots = torch.randperm(self.capacity, device=self.images.device, generator=self.generator)[: len(rest)]
             self.images[slots] = rest
 
-    def sample(self, count: int) -> torch.Tensor:
-        """`count` stored images drawn uniformly with replacement (empty bank -> error)."""
+    def sample(self, count: int, rows: slice = slice(None)) -> torch.Tensor:
+        """`count` stored images drawn uniformly with replacement (empty bank -> error); with `rows`,
+        only those rows of the draw (a training process's share of a global batch: every process
+        draws the same `count` indices and keeps its own)."""
         if self.count == 0:
             raise RuntimeError("the memory repository is empty")
         index = torch.randint(0, self.count, (count,), device=self.images.device, generator=self.generator)
-        return self.images[index]
+        return self.images[index[rows]]
 
     def state_dict(self) -> dict:
         return {

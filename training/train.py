@@ -5,9 +5,16 @@ One step (all of it on the device, no host syncs except the progress bar every f
   2. D step: one D call over [real | fakes | edge-blurred reals | memory replay], four-term loss
   3. G step: D(fakes) with D frozen, G loss
   4. store a few fakes in the memory repository (once filling has started), update EMA of G
-Every epoch: sample grid from G-EMA at fixed seeds, one line in stats.jsonl, a checkpoint.
+Every epoch: sample grid from G-EMA at fixed seeds, one line in stats.jsonl (losses, and D's mean
+logit on each input part, so the balance between D and G is visible), a checkpoint. With
+--metrics-every K, every K-th epoch (and the last) G-EMA's faces at fixed seeds are scored against a
+fixed real set (training/metrics.py) and one line is appended to metrics.jsonl.
 `--resume` restores G, D, G-EMA, optimisers, memory, RNG and position: on CPU a resumed run
 reproduces the uninterrupted run's weights exactly.
+
+Under torchrun (`torchrun --standalone --nproc_per_node N -m training.train ...`) the N processes
+share each step's global batch (--batch-size); training/distributed.py explains how the run stays
+independent of N, so a checkpoint resumes under any process count that divides the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -29,25 +37,29 @@ import torch
 from tqdm import tqdm
 
 from training.blur import blur_subset
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, config_from_dict, parse_args
 from training.constants import Z_DIM
-from training.dataset import load_images
+from training.dataset import ImageSet, load_images
+from training.distributed import (
+    World, all_mean, barrier, broadcast_object, check_batch_split, check_identical, data_parallel, gather_rows,
+    init_process_group, leave_quietly, main_first, rows, shutdown, use_global_batchnorm, world_from_environment,
+)
 from training.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
 from training.latents import seeds_to_latents
 from training.loss import discriminator_loss, generator_loss
 from training.memory import MemoryRepository
 from training.networks import Discriminator, Generator
 
-LATEST = "checkpoint-latest.pt"
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, world: World = World()) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda asked for, but this machine has no CUDA GPU (torch.cuda.is_available() is False)")
-    return torch.device(name)
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda" and world.distributed:  # one GPU per process: torchrun's LOCAL_RANK
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def free_cores() -> int:
@@ -57,22 +69,29 @@ def free_cores() -> int:
 class Trainer:
     """Networks, optimisers, data and memory for one run; `step()` is one training step."""
 
-    def __init__(self, config: TrainConfig, pixels: torch.Tensor, blurred: torch.Tensor | None, device: torch.device):
-        self.config, self.device = config, device
+    def __init__(self, config: TrainConfig, pixels: torch.Tensor, blurred: torch.Tensor | None, device: torch.device,
+                 world: World = World()):
+        self.config, self.device, self.world = config, device, world
         self.cuda = device.type == "cuda"
+        self.rows = rows(world, check_batch_split(config.batch_size, world))  # this rank's rows of each global batch
         torch.manual_seed(config.seed)
         model = config.model
         self.G = Generator(model["z_dim"], model["channels"], model["attention"], config.attention_impl).to(device)
         self.D = Discriminator(model["channels"], model["attention"], config.attention_impl).to(device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if world.distributed:
+            use_global_batchnorm(self.G)  # G-EMA keeps plain BatchNorm: it is only ever evaluated
         if self.cuda and config.channels_last:
             for net in (self.G, self.D, self.G_ema):
                 net.to(memory_format=torch.channels_last)
         adam = dict(betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, **adam)
-        self.G_step = torch.compile(self.G) if config.compile else self.G
-        self.D_step = torch.compile(self.D) if config.compile else self.D
+        # The D step goes through D's DDP wrapper; the G step calls the bare D, frozen (see distributed.py).
+        compile_ = torch.compile if config.compile else (lambda module: module)
+        self.G_step = compile_(data_parallel(self.G, world, device))
+        self.D_frozen = compile_(self.D)
+        self.D_step = compile_(data_parallel(self.D, world, device)) if world.distributed else self.D_frozen
 
         # The whole dataset lives on the device as uint8 (41k faces = 0.5 GB); batches are gathered there.
         self.pixels = pixels.to(device)
@@ -92,23 +111,27 @@ class Trainer:
         return images.contiguous(memory_format=torch.channels_last) if self.cuda and self.config.channels_last else images
 
     def step(self, batch_index: torch.Tensor) -> dict[str, torch.Tensor]:
-        config, batch = self.config, len(batch_index)
-        real = self._images(self.pixels[batch_index])
-        z = torch.randn(batch, Z_DIM, device=self.device, generator=self.rng)
+        """One step on the global batch `batch_index`; this rank computes its rows of it. Random draws
+        are made for the whole global batch (the same on every rank) and sliced, so the step does not
+        depend on the number of processes."""
+        config, batch, mine = self.config, len(batch_index), self.rows
+        real = self._images(self.pixels[batch_index[mine]])
+        z = torch.randn(batch, Z_DIM, device=self.device, generator=self.rng)[mine]
         with self.autocast():
             fakes = self.G_step(z)
 
         # D step: one call over every input, split back into the loss terms.
         parts = {"real": real, "fake": fakes.detach().to(real.dtype)}
         if self.blurred is not None:
-            pick = torch.randint(0, len(self.blurred), (batch,), device=self.device, generator=self.rng)
+            pick = torch.randint(0, len(self.blurred), (batch,), device=self.device, generator=self.rng)[mine]
             parts["blur"] = self._images(self.blurred[pick])
         if self.memory is not None and self.epoch >= config.memory_replay_epoch and len(self.memory):
-            parts["memory"] = self.memory.sample(batch).to(real.dtype)
+            parts["memory"] = self.memory.sample(batch, rows=mine).to(real.dtype)
         with self.autocast():
             logits = self.D_step(torch.cat(list(parts.values()))).float()
         logits_by_part = dict(zip(parts, logits.split([len(part) for part in parts.values()])))
         loss_D, terms = discriminator_loss(logits_by_part, config.loss, config.blur_weight, config.memory_weight)
+        mean_logits = {f"D_{name}": part.detach().mean() for name, part in logits_by_part.items()}  # stays on the device
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         self.opt_D.step()
@@ -116,17 +139,18 @@ class Trainer:
         # G step through the updated D; D's weights need no gradients here.
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G = generator_loss(self.D_step(fakes).float(), config.loss)
+            loss_G = generator_loss(self.D_frozen(fakes).float(), config.loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
         self.D.requires_grad_(True)
 
         if self.memory is not None and self.epoch >= config.memory_fill_epoch:
-            self.memory.add(fakes[: config.memory_store_per_step].float())
+            self.memory.add(gather_rows(self.world, fakes.detach(), config.memory_store_per_step).float())
         self._update_ema()
         self.step_count += 1
-        return {"loss_D": loss_D.detach(), "loss_G": loss_G.detach(), **{f"loss_D_{k}": v.detach() for k, v in terms.items()}}
+        return {"loss_D": loss_D.detach(), "loss_G": loss_G.detach(), **{f"loss_D_{k}": v.detach() for k, v in terms.items()},
+                **mean_logits}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -155,6 +179,7 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "epoch": self.epoch,
             "step": self.step_count,
+            "world_size": self.world.size,  # for the record: the state itself is the same for any world size
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
@@ -179,6 +204,44 @@ class Trainer:
         self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
 
 
+def measure(config: TrainConfig, steps: int, windows: int = 3) -> dict:
+    """Time `windows` x `steps` full training steps on random images after 3 warm-up steps: images/s
+    (the global batch over the processes' wall time; under torchrun every rank runs this) per window,
+    their mean, and peak memory (`--bench STEPS`; training/bench_training.py compares with it)."""
+    world = world_from_environment()
+    device = pick_device(config.device, world)
+    init_process_group(world, device.type)
+    torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (max(512, 4 * config.batch_size), 3, 64, 64), dtype=torch.uint8, generator=generator)
+    trainer = Trainer(config, pixels, pixels[: len(pixels) // 10], device, world)
+    if trainer.memory is not None:  # time the full four-term step: memory filled and replayed
+        trainer.epoch = config.memory_replay_epoch
+        trainer.memory.add(torch.rand(config.memory_capacity, 3, 64, 64, device=device) * 2 - 1)
+    order = trainer.epoch_order(0)
+    batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(len(order) // config.batch_size)]
+    for index in range(3):  # warm-up: allocator, autotuning, torch.compile
+        trainer.step(batches[index % len(batches)])
+    if trainer.cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rates = []
+    for window in range(windows):
+        if trainer.cuda:
+            torch.cuda.synchronize()
+        barrier(world)
+        start = time.perf_counter()
+        for index in range(steps):
+            trainer.step(batches[(window * steps + index) % len(batches)])
+        if trainer.cuda:
+            torch.cuda.synchronize()
+        barrier(world)  # the slowest rank ends the window
+        rates.append(steps * config.batch_size / (time.perf_counter() - start))
+    peak_mib = (torch.cuda.max_memory_allocated() if trainer.cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return {"images_per_s": sum(rates) / len(rates), "windows": rates, "processes": world.size,
+            "threads": torch.get_num_threads(), "peak_mib": peak_mib,
+            "memory_kind": "CUDA max allocated" if trainer.cuda else "process peak RSS (rank 0)"}
+
+
 # -- run directory ---------------------------------------------------------------------------
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -197,6 +260,35 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise SystemExit(f"error: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
 
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Replace a small text file atomically: readers see the old file or the new one, never half a line."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(line + "\n" for line in lines))
+    os.replace(partial, path)
+
+
+def _plain(value):
+    """numpy scalars and arrays (in metric entries) as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    write_lines(path, lines + [json.dumps(record, default=_plain)])
+
+
+def trim_jsonl(path: Path, epoch: int) -> None:
+    """Drop the records of epochs after `epoch`: a resumed run redoes them (a crash between the
+    logs and the checkpoint, or checkpoint_every > 1), and each epoch must appear once."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+        if kept != lines:
+            write_lines(path, kept)
+
+
 def write_checkpoint(trainer: Trainer, run_dir: Path, keep: int) -> Path:
     path = save_checkpoint(run_dir / "checkpoints" / f"epoch-{trainer.epoch:04d}.pt", trainer.state_dict())
     # checkpoint-latest.pt: a hard link to the newest epoch file, swapped in atomically.
@@ -212,113 +304,201 @@ def write_checkpoint(trainer: Trainer, run_dir: Path, keep: int) -> Path:
     return path
 
 
-def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_data(config: TrainConfig, log=print) -> tuple[ImageSet, torch.Tensor | None]:
     images = load_images(
         config.data, cache_dir=config.cache_dir, max_images=config.max_images,
         synthetic_size=config.synthetic_size, seed=config.seed,
     )
     pixels = images.pixels
-    print(f"data: {len(pixels)} images from {images.source}")
+    log(f"data: {len(pixels)} images from {images.source}")
     if len(pixels) < config.batch_size:
         raise SystemExit(f"error: the data has {len(pixels)} images, fewer than --batch-size {config.batch_size}")
     blurred = None
     if config.blur:
         _, blurred = blur_subset(
             pixels, config.blur_fraction, config.seed, config.canny_low, config.canny_high, config.blur_kernel,
-            cache_dir=config.cache_dir, cache_key=images.cache_key,
+            cache_dir=config.cache_dir, cache_key=images.cache_key, progress=log is print,
         )
-        print(f"edge-blurred negatives: {len(blurred)} images ({config.blur_fraction:.0%} of the data)")
-    return pixels, blurred
+        log(f"edge-blurred negatives: {len(blurred)} images ({config.blur_fraction:.0%} of the data)")
+    return images, blurred
 
 
-def run_info(config: TrainConfig, device: torch.device) -> dict:
+class FaceMetrics:
+    """G-EMA's face-quality metrics (training/metrics.py) against one fixed real set.
+
+    The real faces are loaded once per run: an evenly spaced subset of `metrics_count` of them, a
+    function of the data alone, so the metrics module's cache of real-set statistics serves every
+    evaluation and every run on the same data. The fakes are G-EMA's faces for seeds
+    0..metrics_count-1, the same seeds every evaluation.
+    """
+
+    def __init__(self, config: TrainConfig, train_images: ImageSet):
+        from training import metrics  # scipy and the metric models only load when metrics are asked for
+
+        self.metrics, self.config = metrics, config
+        real = train_images if config.metrics_data is None else load_images(
+            config.metrics_data, cache_dir=config.cache_dir, synthetic_size=config.synthetic_size, seed=config.seed)
+        count = min(config.metrics_count, len(real))
+        self.reals = real.pixels[torch.arange(count) * len(real) // count].permute(0, 2, 3, 1).numpy()
+        self.real_key = real.cache_key
+        self.detector = metrics.find_detector(config.detector)
+        self.inception_weights = metrics.find_inception_weights(config.inception_weights)
+        print(f"metrics every {config.metrics_every} epoch(s): {config.metrics_count} G-EMA faces against "
+              f"{count} real faces from {real.source}")
+
+    def __call__(self, generator: torch.nn.Module, device: torch.device) -> dict[str, dict]:
+        fakes = self.metrics.faces_from_generator(generator, self.config.metrics_count, device=device)
+        return self.metrics.compute_metrics(fakes, self.reals, detector=self.detector, inception_weights=self.inception_weights,
+                                            real_key=self.real_key, seed=self.config.seed)
+
+    def headline(self, results: dict[str, dict]) -> str:
+        name = self.metrics.HEADLINE_METRIC
+        value = results.get(name, {}).get("value")
+        return f"  {name} {value:.4g}" if value is not None else f"  {name} n/a"
+
+
+def evaluate_now(config: TrainConfig, epoch: int) -> bool:
+    return config.metrics_every > 0 and (epoch % config.metrics_every == 0 or epoch == config.epochs)
+
+
+def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "processes": world.size,
     }
 
 
-def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None) -> Trainer:
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None,
+          world: World | None = None) -> Trainer:
     """Train a new run in run_dir, or with resume=True continue the run there with its saved
-    options (to its own epoch count, or to `resume_epochs` when given)."""
-    device = pick_device(config.device)
-    torch.set_num_threads(config.threads or free_cores())
+    options (to its own epoch count, or to `resume_epochs` when given). Under torchrun every
+    process calls this; rank 0 alone writes into run_dir (which other nodes must see: every rank
+    reads the checkpoint it resumes from)."""
+    world = world or world_from_environment()
+    device = pick_device(config.device, world)
+    init_process_group(world, device.type)
+    log = print if world.main else (lambda *args, **kwargs: None)
     check_run_dir(run_dir, resume)
     state = None
     if resume:
         # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
         state = load_checkpoint(run_dir / LATEST, map_location="cpu")
         saved = config_from_dict(state["config"])
+        check_batch_split(saved.batch_size, world, resumed=True)
         if resume_epochs is not None and resume_epochs != saved.epochs:
-            print(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
+            log(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
         config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
-    pixels, blurred = load_data(config)
-    trainer = Trainer(config, pixels, blurred, device)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+        if state.get("world_size", 1) != world.size:
+            log(f"resume: {state.get('world_size', 1)} process(es) wrote the checkpoint, {world.size} continue it")
+    check_batch_split(config.batch_size, world)
+    # The run's own thread count (it changes float sums), shared by the processes on this machine.
+    torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
+    with main_first(world):  # rank 0 decodes and caches; the others read its cache
+        images, blurred = load_data(config, log)
+    pixels = images.pixels
+    face_metrics = FaceMetrics(config, images) if config.metrics_every > 0 and world.main else None
+    trainer = Trainer(config, pixels, blurred, device, world)
     if state is not None:
         trainer.load_state_dict(state)
-        print(f"resumed {run_dir} at epoch {trainer.epoch} (step {trainer.step_count})")
-    else:
-        options = {**dataclasses.asdict(config), "run": run_info(config, device)}
-        (run_dir / "options.json").write_text(json.dumps(options, indent=2) + "\n")
-        save_png(run_dir / "samples" / "reals.png", image_grid(pixels[: config.sample_seeds].permute(0, 2, 3, 1).numpy()))
+        log(f"resumed {run_dir} at epoch {trainer.epoch} (step {trainer.step_count})")
+    if world.main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        if state is not None:
+            for name in ("stats.jsonl", "metrics.jsonl"):
+                trim_jsonl(run_dir / name, trainer.epoch)
+        else:
+            options = {**dataclasses.asdict(config), "run": run_info(config, device, world)}
+            write_lines(run_dir / "options.json", [json.dumps(options, indent=2)])
+            save_png(run_dir / "samples" / "reals.png", image_grid(pixels[: config.sample_seeds].permute(0, 2, 3, 1).numpy()))
 
     batch = config.batch_size
     steps_per_epoch = len(pixels) // batch
-    print(f"training on {device} ({torch.get_num_threads()} threads): {steps_per_epoch} steps/epoch, "
-          f"epochs {trainer.epoch + 1}..{config.epochs}, run dir {run_dir}")
+    processes = f", {world.size} processes x {batch // world.size} images" if world.distributed else ""
+    log(f"training on {device} ({torch.get_num_threads()} threads{processes}): {steps_per_epoch} steps/epoch of {batch}, "
+        f"epochs {trainer.epoch + 1}..{config.epochs}, run dir {run_dir}")
     while trainer.epoch < config.epochs:
         epoch, order = trainer.epoch, trainer.epoch_order(trainer.epoch)
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
+        counts: dict[str, int] = {}  # steps each entry was present in (memory joins mid-run)
         start = time.perf_counter()
         with tqdm(total=steps_per_epoch * batch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
-                  dynamic_ncols=True, disable=None) as progress:
+                  dynamic_ncols=True, disable=None if world.main else True) as progress:
             for step in range(steps_per_epoch):
                 losses = trainer.step(order[step * batch : (step + 1) * batch])
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + value
+                    counts[name] = counts.get(name, 0) + 1
                 progress.update(batch)
-                if step % 10 == 9 or step == steps_per_epoch - 1:  # a host sync, so only now and then
+                if world.main and (step % 10 == 9 or step == steps_per_epoch - 1):  # a host sync, so only now and then
                     progress.set_postfix(D=f"{losses['loss_D'].item():.3f}", G=f"{losses['loss_G'].item():.3f}")
+        means = all_mean(world, {name: total / counts[name] for name, total in totals.items()})  # over the ranks
         seconds = time.perf_counter() - start
         trainer.epoch += 1
+        if world.distributed:
+            check_identical(world, trainer.G_ema, "G-EMA")  # cheap insurance: the replicas never drift apart
 
-        stats = {"epoch": trainer.epoch, "step": trainer.step_count, "seconds": round(seconds, 2),
-                 "images_per_s": round(steps_per_epoch * batch / seconds, 1),
-                 **{name: round(float(total) / steps_per_epoch, 5) for name, total in totals.items()},
-                 "memory_images": len(trainer.memory) if trainer.memory is not None else 0}
-        if trainer.cuda:
-            stats["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        with open(run_dir / "stats.jsonl", "a") as file:
-            file.write(json.dumps(stats) + "\n")
-        grid = trainer.sample_grid(config.sample_seeds)
-        save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
-        save_png(run_dir / "samples" / "latest.png", grid)
-        if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs:
-            write_checkpoint(trainer, run_dir, config.keep_checkpoints)
-        print(f"epoch {trainer.epoch}: D {stats['loss_D']:.3f}  G {stats['loss_G']:.3f}  {stats['images_per_s']} img/s")
-    print(f"done: {run_dir / LATEST}, samples in {run_dir / 'samples'}")
+        if world.main:
+            stats = {"epoch": trainer.epoch, "step": trainer.step_count, "seconds": round(seconds, 2),
+                     "images_per_s": round(steps_per_epoch * batch / seconds, 1),
+                     **{name: round(float(mean), 5) for name, mean in means.items()},
+                     "memory_images": len(trainer.memory) if trainer.memory is not None else 0}
+            if world.distributed:
+                stats["processes"] = world.size
+            if trainer.cuda:
+                stats["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            append_jsonl(run_dir / "stats.jsonl", stats)
+            headline = ""
+            if face_metrics is not None and evaluate_now(config, trainer.epoch):
+                results = face_metrics(trainer.G_ema, device)
+                append_jsonl(run_dir / "metrics.jsonl", {
+                    "epoch": trainer.epoch, "step": trainer.step_count, "kimg": round(trainer.step_count * batch / 1000, 3),
+                    "n": config.metrics_count, "metrics": results})
+                headline = face_metrics.headline(results)
+            grid = trainer.sample_grid(config.sample_seeds)
+            save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
+            save_png(run_dir / "samples" / "latest.png", grid)
+            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs:
+                write_checkpoint(trainer, run_dir, config.keep_checkpoints)
+            log(f"epoch {trainer.epoch}: D {stats['loss_D']:.3f}  G {stats['loss_G']:.3f}  {stats['images_per_s']} img/s{headline}")
+    if world.distributed:  # every rank names its G-EMA: equal digests, bit-identical weights
+        print(f"rank {world.rank} of {world.size}: G-EMA sha256 {check_identical(world, trainer.G_ema, 'G-EMA')}", flush=True)
+    barrier(world)  # nobody leaves (and tears the group down) while rank 0 still writes
+    log(f"done: {run_dir / LATEST}, samples in {run_dir / 'samples'}")
     return trainer
 
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     if args.bench:
-        from training.bench_training import measure
-
-        print(json.dumps({"attention_impl": config.attention_impl, "batch_size": config.batch_size, **measure(config, args.bench)}))
+        try:
+            result = measure(config, args.bench)
+        finally:
+            shutdown()
+        if world_from_environment().main:
+            print(json.dumps({"attention_impl": config.attention_impl, "batch_size": config.batch_size, **result}))
         return
-    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    world = world_from_environment()
+    init_process_group(world, pick_device(config.device, world).type)  # its errors name the rank: every rank prints
+    run_dir = Path(args.out) if args.out else Path(broadcast_object(world, str(default_run_dir(config))))  # rank 0's clock
     try:
-        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs)
+        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world)
     except (CheckpointError, FileNotFoundError, ValueError) as error:  # bad data or options: one line
+        if not world.main:
+            leave_quietly(world)  # the same line, printed once by rank 0
         raise SystemExit(f"error: {error}") from None
+    except SystemExit as exit:
+        if world.main or not isinstance(exit.code, str):
+            raise
+        leave_quietly(world)
     except KeyboardInterrupt:
         raise SystemExit(f"\ninterrupted: continue with `python -m training.train --out {run_dir} --resume`") from None
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

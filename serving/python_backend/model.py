@@ -1,8 +1,9 @@
 """Triton Python backend model: seeds -> latents -> generator -> uint8 RGB faces.
 
-export/ copies this file, with training/latents.py, generator.onnx (+ optional generator.plan)
-and metadata.json, into every version directory model_repository/bamsgan/N/, so a version is
-self-contained: it imports latents.py from its own directory, never from the training package.
+export/ copies this file, with training/latents.py, engines.py (the engines, beside this file),
+generator.onnx (+ optional generator.plan) and metadata.json, into every version directory
+model_repository/bamsgan/N/, so a version is self-contained: it imports latents.py and engines.py
+from its own directory, never from the project's packages.
 
 Every execute() call runs ONE batched forward pass for all its (dynamically batched) requests:
 seeds of the valid requests are concatenated, mapped to latents in one vectorised call and run
@@ -45,65 +46,6 @@ def _load_module(name, path):
     return module
 
 
-class OnnxRuntimeEngine:
-    """generator.onnx through ONNX Runtime: latent FP32 [B, Z] -> image UINT8 [B, 64, 64, 3]."""
-
-    def __init__(self, path, providers, threads):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.providers = self.session.get_providers()
-        self.max_batch = None  # any batch size
-
-    def __call__(self, latents):
-        return self.session.run([self.output_name], {self.input_name: latents})[0]
-
-
-class TensorRTEngine:
-    """generator.plan through TensorRT (>= 10 tensor API), CUDA buffers from torch."""
-
-    def __init__(self, path, device_id):
-        import tensorrt as trt
-        import torch
-
-        self.torch = torch
-        self.device = torch.device("cuda", device_id)
-        torch.cuda.set_device(self.device)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        with open(path, "rb") as plan:
-            self.engine = runtime.deserialize_cuda_engine(plan.read())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path} (built for another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
-        self.stream = torch.cuda.Stream(self.device)
-        self.providers = ["TensorRT"]
-
-    def __call__(self, latents):
-        torch = self.torch
-        with torch.cuda.stream(self.stream):
-            inputs = torch.from_numpy(latents).to(self.device, non_blocking=True)
-            outputs = torch.empty((latents.shape[0], 64, 64, 3), dtype=torch.uint8, device=self.device)
-            self.context.set_input_shape(self.input_name, tuple(inputs.shape))
-            self.context.set_tensor_address(self.input_name, inputs.data_ptr())
-            self.context.set_tensor_address(self.output_name, outputs.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            images = outputs.cpu()
-        return images.numpy()
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -118,7 +60,16 @@ class TritonPythonModel:
         if os.path.isfile(metadata_path):
             with open(metadata_path) as file:
                 metadata = json.load(file)
-        self.z_dim = int(metadata.get("z_dim", 128))
+        # The latent size: the version's metadata.json says it (export writes it); the ensemble's
+        # latents step also declares it as its LATENT output's dims.
+        output_dims = [int(d) for d in config["output"][0]["dims"]]
+        if "z_dim" in metadata:
+            self.z_dim = int(metadata["z_dim"])
+        elif self.output_name == "LATENT":
+            self.z_dim = output_dims[-1]
+        else:
+            raise pb_utils.TritonModelException(f"{metadata_path} is missing or has no z_dim: re-export this version (make export)")
+        self.image_shape = output_dims  # IMAGE [H, W, C], from config.pbtxt (the served contract)
         self.engine = None
         if self.output_name == "IMAGE":
             self.engine = self._make_engine(args, version_dir, metadata, parameters)
@@ -128,7 +79,8 @@ class TritonPythonModel:
         choice = parameters.get("engine", "auto") or "auto"
         if choice not in ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"):
             raise pb_utils.TritonModelException(f"parameter engine={choice!r}: choose auto, tensorrt, onnxruntime-cuda or onnxruntime-cpu")
-        threads = int(parameters.get("ort_threads", "0") or 0)
+        engines_module = _load_module("bamsgan_engines_" + args["model_version"], os.path.join(version_dir, "engines.py"))
+        threads = int(parameters.get("ort_threads", "") or engines_module.DEFAULT_ORT_THREADS)
         on_gpu = args.get("model_instance_kind") == "GPU"
         device_id = int(args.get("model_instance_device_id", 0))
 
@@ -140,7 +92,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"parameter engine=tensorrt but {version_dir} has no TensorRT plan")
         if choice == "tensorrt" or (choice == "auto" and on_gpu and path("tensorrt")):
             try:
-                engine = TensorRTEngine(path("tensorrt"), device_id)
+                engine = engines_module.TensorRTEngine(path("tensorrt"), device_id, self.image_shape)
                 pb_utils.Logger.log_info(f"bamsgan: TensorRT engine {engines['tensorrt']} on GPU {device_id}")
                 return engine
             except Exception as error:  # no tensorrt/torch, or a plan for another GPU: fall back
@@ -161,7 +113,7 @@ class TritonPythonModel:
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        engine = OnnxRuntimeEngine(onnx, providers, threads)
+        engine = engines_module.OnnxRuntimeEngine(onnx, providers, threads)
         pb_utils.Logger.log_info(f"bamsgan: ONNX Runtime {os.path.basename(onnx)} with {engine.providers}")
         return engine
 

@@ -1,0 +1,160 @@
+"""The ablation study: every variant trained alike by the real trainer, a report rebuilt from the runs,
+an interrupted study continued without retraining what finished, other options refused."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.ablation import LATEST, main, read_jsonl, seed_rows, stop_epochs
+from training.checkpoint import generator_from_checkpoint, load_checkpoint
+from training.config import TrainConfig
+from training.constants import Z_DIM
+from training.images import to_uint8_nhwc
+from training.latents import seeds_to_latents
+
+VARIANTS = ["bamsgan", "dcgan"]  # the full model and the cheapest ablation: blur, memory and attention all differ
+TINY = ["--channels", "4", "--synthetic-size", "32", "--batch-size", "16", "--sample-seeds", "4", "--threads", "1",
+        "--memory-fill-epoch", "0", "--memory-replay-epoch", "1", "--memory-capacity", "16"]
+
+
+def study_argv(out, *extra):
+    return ["--out", str(out), "--epochs", "2", "--variants", ",".join(VARIANTS), "--metrics-every", "1", "--metrics-last", "2",
+            "--metrics-count", "16", "--grid-seeds", "3", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One decoded-data and metrics cache for the module (BAMSGAN_CACHE reaches the training subprocesses)."""
+    path, before = tmp_path_factory.mktemp("cache"), os.environ.get("BAMSGAN_CACHE")
+    os.environ["BAMSGAN_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("BAMSGAN_CACHE")
+    else:
+        os.environ["BAMSGAN_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("ablation") / "study"
+    main(study_argv(out))
+    return out
+
+
+def test_stop_epochs_score_each_of_the_last_epochs():
+    # The trainer scores every K-th epoch and the last epoch of a run; the study stops the run where K would skip.
+    assert stop_epochs(TrainConfig(epochs=12, metrics_every=3), 4) == [10, 11, 12]
+    assert stop_epochs(TrainConfig(epochs=12, metrics_every=1), 4) == [12]
+    assert stop_epochs(TrainConfig(epochs=12, metrics_every=5), 0) == [12]
+
+
+def test_every_variant_trained_alike_and_reported(study):
+    options = {variant: json.loads((study / variant / "options.json").read_text()) for variant in VARIANTS}
+    for key in ("data", "seed", "preset", "channels", "batch_size", "metrics_count", "metrics_every"):
+        assert options["bamsgan"][key] == options["dcgan"][key], key
+    assert (options["bamsgan"]["blur"], options["bamsgan"]["memory"], options["bamsgan"]["attention"]) == (True, True, True)
+    assert (options["dcgan"]["blur"], options["dcgan"]["memory"], options["dcgan"]["attention"]) == (False, False, False)
+
+    report = (study / "ablation.md").read_text()
+    results = json.loads((study / "results.json").read_text())
+    for variant in VARIANTS:
+        assert list(read_jsonl(study / variant / "stats.jsonl")) == [1, 2]
+        metrics = read_jsonl(study / variant / "metrics.jsonl")
+        assert list(metrics) == [1, 2] and all(record["n"] == 16 for record in metrics.values())
+        swd = metrics[2]["metrics"]["swd"]
+        assert f"| {variant} | 2 | n/a | n/a | {swd['value']:.4g} ± {swd['uncertainty']:.2g} |" in report  # no Inception weights here
+        assert results["variants"][variant]["metrics"]["2"] == metrics[2]["metrics"]
+        assert results["variants"][variant]["epochs_done"] == 2
+    detector = read_jsonl(study / "bamsgan" / "metrics.jsonl")[1]["metrics"]["detector"]
+    if detector["value"] is not None:  # the detector file is in ../shared/models
+        assert "shape of the paper's Table 1" in report and "| mean ± sd over epochs |" in report
+        assert f"| 1 | {1 - detector['value']:.4g} ± {detector['uncertainty']:.2g} |" in report
+    else:
+        assert detector["unavailable"] and "| bamsgan | 2 |" in report
+
+    assert Image.open(study / "metrics.png").size[0] > 400
+    assert Image.open(study / "grid.png").size[1] >= 2 * 2 * 64  # two rows at two screen pixels per image pixel
+    assert "![" in report and "(metrics.png)" in report and "(grid.png)" in report
+    assert json.loads((study / "study.json").read_text())["epochs"] == 2
+
+
+def test_grid_rows_are_the_same_seeds_through_each_final_generator(study):
+    faces, labels = seed_rows(study, VARIANTS, 3)
+    assert faces.shape == (6, 64, 64, 3) and labels == ["bamsgan\nepoch 2", "dcgan\nepoch 2"]
+    for row, variant in enumerate(VARIANTS):
+        generator = generator_from_checkpoint(load_checkpoint(study / variant / LATEST))
+        with torch.no_grad():
+            expected = to_uint8_nhwc(generator(torch.from_numpy(seeds_to_latents(np.arange(3), Z_DIM)))).numpy()
+        assert np.array_equal(faces[3 * row : 3 * row + 3], expected)
+    assert not np.array_equal(faces[:3], faces[3:])
+
+
+def test_interrupted_study_continues_without_retraining(study, tmp_path, capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    for name in ("ablation.md", "results.json", "metrics.png", "grid.png"):
+        (copy / name).unlink()
+    finished = {name: (copy / "bamsgan" / name).read_bytes() for name in ("stats.jsonl", "metrics.jsonl", LATEST)}
+    latest_time = (copy / "bamsgan" / LATEST).stat().st_mtime_ns
+    # dcgan stopped after epoch 1: its latest checkpoint is epoch 1's (the logs ran ahead; the trainer trims them).
+    shutil.copy(copy / "dcgan" / "checkpoints" / "epoch-0001.pt", copy / "dcgan" / LATEST)
+
+    main(["--out", str(copy)])  # the study's own options come from study.json
+    out = capsys.readouterr().out
+    assert "bamsgan: finished (2 epochs), skipped" in out and "dcgan: resuming at epoch 1" in out
+    assert {name: (copy / "bamsgan" / name).read_bytes() for name in finished} == finished
+    assert (copy / "bamsgan" / LATEST).stat().st_mtime_ns == latest_time
+    assert list(read_jsonl(copy / "dcgan" / "stats.jsonl")) == [1, 2]
+    assert list(read_jsonl(copy / "dcgan" / "metrics.jsonl")) == [1, 2]
+    assert len((copy / "dcgan" / "stats.jsonl").read_text().splitlines()) == 2
+    # On CPU a resumed run is the uninterrupted run: the same final weights.
+    resumed, straight = load_checkpoint(copy / "dcgan" / LATEST), load_checkpoint(study / "dcgan" / LATEST)
+    assert resumed["epoch"] == 2
+    for name, tensor in straight["G_ema"].items():
+        assert torch.equal(resumed["G_ema"][name], tensor), name
+    assert (copy / "ablation.md").is_file() and (copy / "grid.png").is_file()
+
+    # dcgan stopped before its first checkpoint: its folder is started again, bamsgan still untouched.
+    for path in [copy / "dcgan" / LATEST, *(copy / "dcgan" / "checkpoints").iterdir()]:
+        path.unlink()
+    main(study_argv(copy))
+    assert "has no checkpoint yet; starting it again" in capsys.readouterr().out and load_checkpoint(copy / "dcgan" / LATEST)["epoch"] == 2
+    assert {name: (copy / "bamsgan" / name).read_bytes() for name in finished} == finished
+    assert list(read_jsonl(copy / "dcgan" / "stats.jsonl")) == [1, 2]
+
+
+def test_other_options_and_bad_input_are_refused(study, tmp_path, capsys):
+    saved = (study / "study.json").read_bytes()
+    with pytest.raises(SystemExit, match=r"is a study with epochs=2, not 3; continue it with its own options"):
+        main(study_argv(study, "--epochs", "3"))
+    with pytest.raises(SystemExit, match=r"is a study with train_args="):
+        main([*study_argv(study), "--channels", "8"])
+    with pytest.raises(SystemExit, match=r"is a study with metrics_data=None, not 'synthetic'"):
+        main(study_argv(study, "--metrics-data", "synthetic"))
+    assert (study / "study.json").read_bytes() == saved
+
+    not_a_study = tmp_path / "mine"
+    not_a_study.mkdir()
+    (not_a_study / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="is not an ablation study"):
+        main(study_argv(not_a_study))
+    assert sorted(p.name for p in not_a_study.iterdir()) == ["notes.txt"]
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit, match="--variants must name distinct variants"):
+        main(["--out", str(fresh), "--variants", "bamsgan,wgan"])
+    with pytest.raises(SystemExit, match="--resume is set by the study itself"):
+        main(["--out", str(fresh), "--resume"])
+    with pytest.raises(SystemExit, match="--metrics-last must be between 0 and --epochs"):
+        main(["--out", str(fresh), "--epochs", "2", "--metrics-last", "3"])
+    with pytest.raises(SystemExit):  # the trainer's own check, before anything is trained
+        main(["--out", str(fresh), "--channels", "0"])
+    assert "channels must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not an ablation study"):
+        main(["--out", str(fresh), "--report-only"])
+    assert not fresh.exists()

@@ -1,0 +1,308 @@
+"""Day-two operations of the served model against real tritonservers (issue 12):
+
+the guarded HTTP endpoint, crash clean-up and restart, the bounded queue, the response cache,
+warm-up and new exports picked up under load. No timing assertions: statuses, counts, memory
+bounds and what Triton's statistics API reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from serving.launcher import SHM_DIR, TritonServer, free_ports, group_members
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bamsgan"
+
+
+def seed_request(seeds):
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 1)
+    seed_input = grpcclient.InferInput("SEED", list(seeds.shape), "INT64")
+    seed_input.set_data_from_numpy(seeds)
+    return [seed_input]
+
+
+def infer(client, seeds, **kwargs):
+    result = client.infer(MODEL, seed_request(seeds), outputs=[grpcclient.InferRequestedOutput("IMAGE")], **kwargs)
+    return result
+
+
+def inference_stats(client) -> dict[str, int]:
+    """Cumulative counts of Triton's statistics API, summed over the model's versions."""
+    totals: dict[str, int] = {}
+    for model in client.get_inference_statistics(MODEL, as_json=True)["model_stats"]:
+        for key, value in model["inference_stats"].items():
+            totals[key] = totals.get(key, 0) + int(value.get("count", 0))
+        totals["executions"] = totals.get("executions", 0) + int(model.get("execution_count", 0))
+    return totals
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def with_config(repository: Path, **replace: str) -> None:
+    """Edit the served config.pbtxt of a test repository: replace text old -> new."""
+    path = repository / MODEL / "config.pbtxt"
+    text = path.read_text()
+    for old, new in replace.values():
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def ops_server(tmp_path_factory, published_version):
+    """A fresh server (nothing asked of it yet) with a tiny queue and a 1 s repository poll."""
+    repository = tmp_path_factory.mktemp("ops") / "model_repository"
+    shutil.copytree(published_version.version_dir.parent, repository / MODEL)
+    with_config(repository, queue=("max_queue_size: 128", "max_queue_size: 4"))
+    server = TritonServer(repository, *free_ports(3), log_path=repository.parent / "tritonserver.log", poll_seconds=1)
+    server.start(timeout=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- warm-up, cache
+
+
+def test_warmup_runs_before_the_first_request(ops_server):
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        stats = inference_stats(client)
+    # Nobody has asked anything yet: the one execution is config.pbtxt's model_warmup.
+    assert stats["executions"] == 1 and stats["success"] == 1, stats
+    assert stats.get("cache_hit", 0) == 0 and stats.get("cache_miss", 0) == 0, "warm-up must not fill the cache"
+
+
+def test_response_cache_hits_repeated_seeds(ops_server):
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        before = inference_stats(client)
+        first = infer(client, [424242]).as_numpy("IMAGE")
+        again = [infer(client, [424242]).as_numpy("IMAGE") for _ in range(5)]
+        pair = [infer(client, [7, 8]).as_numpy("IMAGE") for _ in range(2)]
+        swapped = infer(client, [8, 7]).as_numpy("IMAGE")  # the key hashes the whole request
+        after = inference_stats(client)
+    assert all(np.array_equal(image, first) for image in again), "a cached answer must be the computed bytes"
+    assert np.array_equal(pair[0], pair[1]) and np.array_equal(swapped[::-1], pair[0])
+    hits, misses = after["cache_hit"] - before.get("cache_hit", 0), after["cache_miss"] - before.get("cache_miss", 0)
+    assert (hits, misses) == (6, 3), (hits, misses)
+    assert after["executions"] - before["executions"] == 3, "only the misses run the model"
+
+
+# ---------------------------------------------------------------- guarded HTTP, health
+
+
+def test_oversized_http_request_is_refused_with_bounded_memory(ops_server):
+    body = json.dumps({"inputs": [{"name": "SEED", "shape": [1, 1_000_000_000], "datatype": "INT64", "data": [1]}]})
+    before = rss_bytes(ops_server.process.pid)
+    for _ in range(4):
+        request = urllib.request.Request(f"http://{ops_server.http_url}/v2/models/{MODEL}/infer", body.encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 403
+    # Unguarded, each of these cost the server 4 GB for 20 s; guarded, nothing is allocated.
+    assert rss_bytes(ops_server.process.pid) - before < 64 * 2**20
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        assert infer(client, [1]).as_numpy("IMAGE").shape == (1, 64, 64, 3)  # gRPC serves inference
+
+
+def test_health_checks_over_http_and_grpc(ops_server):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}"):
+        with urllib.request.urlopen(f"http://{ops_server.http_url}{path}", timeout=10) as response:
+            assert response.status == 200, path
+    with grpc.insecure_channel(ops_server.grpc_url) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_http_inference_can_be_opened(ops_server, tmp_path):
+    server = TritonServer(ops_server.model_repository, *free_ports(3), log_path=tmp_path / "log", poll_seconds=0,
+                          cache_mib=0, http_inference=True)
+    body = json.dumps({"inputs": [{"name": "SEED", "shape": [1, 1], "datatype": "INT64", "data": [3]}]}).encode()
+    with server:
+        request = urllib.request.Request(f"http://{server.http_url}/v2/models/{MODEL}/infer", body, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.load(response)
+    assert answer["outputs"][0]["shape"] == [1, 64, 64, 3]
+
+
+# ---------------------------------------------------------------- bounded queue
+
+
+def test_overload_is_refused_fast_with_a_retryable_status(ops_server):
+    """24 requests of 64 seeds at once against a queue of 4: the excess is rejected, not queued."""
+    outcomes = []
+
+    def callback(result, error):
+        outcomes.append(error)
+
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        before = inference_stats(client)
+        seeds = np.arange(64) + 10_000
+        for index in range(24):  # distinct requests: the cache must not answer them
+            client.async_infer(MODEL, seed_request(seeds + 1000 * index), callback)
+        deadline = time.monotonic() + 120
+        while len(outcomes) < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = inference_stats(client)
+    assert len(outcomes) == 24
+    refused = [error for error in outcomes if error is not None]
+    assert refused, "a queue of 4 cannot hold 24 requests"
+    assert len(refused) < 24
+    assert {str(error.status()) for error in refused} == {"StatusCode.UNAVAILABLE"}, {str(e) for e in refused}
+    for error in refused:  # a full queue, or a wait beyond the queue policy's timeout
+        assert "Exceeds maximum queue size" in str(error) or "Request timeout expired" in str(error), str(error)
+    # Refused at the queue's door, before the model: Triton 2.41's statistics count only the rest.
+    assert after["success"] - before["success"] == 24 - len(refused)
+    assert after.get("fail", 0) == before.get("fail", 0)
+    # After the burst the server serves again at once.
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        assert infer(client, [5]).as_numpy("IMAGE").shape == (1, 64, 64, 3)
+
+
+# ---------------------------------------------------------------- model update under load
+
+
+def test_new_export_is_served_without_restart_under_load(ops_server):
+    from export.repository import publish_version
+
+    model_dir = ops_server.model_repository / MODEL
+    version_one = model_dir / "1"
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        reference = infer(client, [77]).as_numpy("IMAGE")
+    stop, answers, errors = threading.Event(), [], []
+
+    def load(worker):
+        with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+            while not stop.is_set():
+                try:  # client_timeout well beyond the queue's: a request never waits forever
+                    result = infer(client, [77], client_timeout=60)
+                    answers.append((result.get_response().model_version, result.as_numpy("IMAGE")))
+                except InferenceServerException as error:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]  # < the queue of 4
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # load running on version 1
+        metadata = json.loads((version_one / "metadata.json").read_text())
+        publish_version(model_dir, {"generator.onnx": version_one / "generator.onnx"}, metadata)  # same weights: same bytes
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(version == "2" for version, _ in answers[-50:]):
+            time.sleep(0.2)
+        time.sleep(1.0)  # and a while on version 2
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, f"{len(errors)} failed across the switch, first: {errors[0]}"
+    served_by = {version for version, _ in answers}
+    assert served_by == {"1", "2"}, served_by
+    assert all(np.array_equal(image, reference) for _, image in answers)
+    with grpcclient.InferenceServerClient(ops_server.grpc_url) as client:
+        assert client.is_model_ready(MODEL, "2") and not client.is_model_ready(MODEL, "1")  # latest 1
+        assert infer(client, [77]).get_response().model_version == "2"
+
+
+# ---------------------------------------------------------------- crash clean-up
+
+
+def test_sigkill_under_load_cleans_up_and_restarts_on_the_same_ports(published_version, tmp_path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(published_version.version_dir.parent, repository / MODEL)
+    ports = free_ports(3)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(repository), "--grpc-port", str(ports[0]),
+         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "tritonserver.log")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in launcher.stdout:
+            if line.startswith("Ctrl-C to stop"):
+                break
+        server_pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                          and _parent(int(p.name)) == launcher.pid and "tritonserver" in _cmdline(int(p.name)))
+        prefix = _cmdline(server_pid).split("shm-region-prefix-name=")[1].split()[0]
+        stubs = [pid for pid in group_members(server_pid) if pid != server_pid]
+        assert stubs and list(SHM_DIR.glob(f"{prefix}*")), "a serving server has a stub and shared memory"
+
+        url = f"127.0.0.1:{ports[0]}"
+        stop = threading.Event()
+
+        def load():
+            with grpcclient.InferenceServerClient(url) as client:
+                while not stop.is_set():
+                    try:
+                        infer(client, np.random.randint(0, 2**40, size=8), client_timeout=10)
+                    except InferenceServerException:
+                        pass  # the server is being killed
+
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(load)
+            time.sleep(1.0)
+            os.kill(server_pid, signal.SIGKILL)
+            code = launcher.wait(timeout=60)
+            stop.set()
+        assert code == 1, launcher.stderr.read()
+        assert "cleaned up" in launcher.stderr.read()
+        assert group_members(server_pid) == [], "the dead server's stubs must be ended"
+        assert not list(SHM_DIR.glob(f"{prefix}*")), "the dead server's shared memory must be removed"
+
+        with TritonServer(repository, *ports, log_path=tmp_path / "restart.log") as restarted:  # same ports, at once
+            with grpcclient.InferenceServerClient(restarted.grpc_url) as client:
+                assert infer(client, [3]).as_numpy("IMAGE").shape == (1, 64, 64, 3)
+            prefix = restarted.shm_prefix
+            group = restarted.process.pid
+        assert group_members(group) == [] and not list(SHM_DIR.glob(f"{prefix}*")), "a clean stop leaves nothing"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("flag", ["--cache-mib", "--poll-seconds"])
+def test_negative_cache_or_poll_is_a_one_line_error(tmp_path, flag):
+    result = subprocess.run([sys.executable, "-m", "serving", "--model-repository", str(tmp_path), flag, "-1"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cache size and poll interval must be >= 0")
