@@ -12,6 +12,16 @@ PRESET ?= cpu
 EPOCHS ?=
 OUT ?=
 TRAIN_ARGS ?=
+# evaluate: the source is EVAL_URL (a live server), EVAL_VERSION (an exported version folder), CKPT, or RUN (default: the newest run)
+REAL ?=
+COUNT ?=
+EVAL_VERSION ?=
+EVAL_URL ?=
+INCEPTION ?=  # pt_inception-2015-12-05-6726825d.pth: FID/KID are reported unavailable without it
+EVAL_ARGS ?=
+# ablation (DATA, PRESET, EPOCHS, OUT as for train)
+METRICS_DATA ?=
+ABLATION_ARGS ?=
 NPROC ?=  # data-parallel processes (torchrun): NCCL with one GPU each, gloo on CPU
 # export (RUN defaults to the newest run under runs/)
 RUN ?=
@@ -99,11 +109,19 @@ perf-analyzer: setup
 demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))
 
+evaluate: setup  ## face-quality metrics (SWD, sharpness, diversity, detector; FID/KID with the Inception weights) -> JSON
+	$(PY) -m training.evaluate $(if $(EVAL_URL),--url $(EVAL_URL),$(if $(EVAL_VERSION),--version $(EVAL_VERSION),$(if $(CKPT),--checkpoint $(CKPT),--run "$(or $(RUN),$(shell ls -td runs/*/ 2>/dev/null | head -1),runs/<none: run make train first>)"))) \
+		$(if $(REAL),--real "$(REAL)") $(if $(COUNT),--count $(COUNT)) $(if $(strip $(INCEPTION)),--inception-weights "$(INCEPTION)") $(EVAL_ARGS)
+
+ablation: setup  ## every ablation variant on the same data, seed and budget: table, plots, grid in the study folder
+	$(PY) -m training.ablation --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") \
+		$(if $(METRICS_DATA),--metrics-data "$(METRICS_DATA)") $(ABLATION_ARGS)
+
 test: setup
 	$(PY) -m pytest
 
 data: setup
-	$(PY) -m training.download
+	$(PY) -m training.download --what all
 
 bench-attention: setup
 	$(PY) -m training.bench_attention

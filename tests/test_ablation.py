@@ -68,6 +68,8 @@ def test_every_variant_trained_alike_and_reported(study):
         assert list(metrics) == [1, 2] and all(record["n"] == 16 for record in metrics.values())
         swd = metrics[2]["metrics"]["swd"]
         assert f"| {variant} | 2 | n/a | n/a | {swd['value']:.4g} ± {swd['uncertainty']:.2g} |" in report  # no Inception weights here
+        swds = [metrics[epoch]["metrics"]["swd"]["value"] for epoch in (1, 2)]  # the mean over the last 2 epochs
+        assert f"| {variant} | 1–2 (2) | {np.mean(swds):.4g} ± {np.std(swds, ddof=1):.2g} |" in report
         assert results["variants"][variant]["metrics"]["2"] == metrics[2]["metrics"]
         assert results["variants"][variant]["epochs_done"] == 2
     detector = read_jsonl(study / "bamsgan" / "metrics.jsonl")[1]["metrics"]["detector"]

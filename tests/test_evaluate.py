@@ -157,6 +157,7 @@ def test_unreachable_server_is_a_one_line_error(tmp_path, capsys):
     (port,) = free_ports(1)
     bad_input(["--url", f"localhost:{port}", *FAST, "--timeout", 5, "--out", tmp_path / "never.json"], capsys, "cannot reach Triton")
     bad_input(["--url", f"localhost:{port}", "-n", 8], capsys, "--real")  # a server does not say what it trained on
+    bad_input(["--url", "localhost", *FAST, "--out", tmp_path / "never.json"], capsys, "is not HOST:PORT")
     assert not (tmp_path / "never.json").exists()
 
 

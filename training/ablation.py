@@ -321,7 +321,7 @@ def distortion(entry: dict | None) -> dict | None:
     misses, the stand-in for the paper's distortion rate (DR); same uncertainty."""
     if entry is None or entry.get("value") is None:
         return entry
-    return {**entry, "value": 1.0 - entry["value"]}
+    return {**entry, "value": entry.get("distortion_proxy", 1.0 - entry["value"])}  # older metrics.jsonl lack the field
 
 
 def per_epoch_table(runs: dict, epochs: list[int]) -> list[str]:
