@@ -22,12 +22,12 @@ from serving import launcher
 from serving.launcher import LaunchError, TritonServer
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+def add_server_options(parser: argparse.ArgumentParser, port_help: str = "default: %(default)s") -> None:
+    """The options of one Triton server, shared by `python -m serving` and `python -m serving.replicas`."""
     parser.add_argument("--model-repository", default="model_repository", help="model repository folder (default: %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=launcher.DEFAULT_GRPC_PORT, help="default: %(default)s")
-    parser.add_argument("--http-port", type=int, default=launcher.DEFAULT_HTTP_PORT, help="default: %(default)s")
-    parser.add_argument("--metrics-port", type=int, default=launcher.DEFAULT_METRICS_PORT, help="default: %(default)s")
+    parser.add_argument("--grpc-port", type=int, default=launcher.DEFAULT_GRPC_PORT, help=port_help)
+    parser.add_argument("--http-port", type=int, default=launcher.DEFAULT_HTTP_PORT, help=port_help)
+    parser.add_argument("--metrics-port", type=int, default=launcher.DEFAULT_METRICS_PORT, help=port_help)
     parser.add_argument("--address", default=launcher.DEFAULT_ADDRESS, help="address to listen on, 0.0.0.0 for all (default: %(default)s)")
     parser.add_argument("--cache-mib", type=int, default=launcher.DEFAULT_RESPONSE_CACHE_MIB,
                         help="response cache size in MiB, 0 = off (default: %(default)s)")
@@ -36,8 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-inference", action="store_true",
                         help="also serve inference over HTTP (unguarded: Triton 2.41 allocates a request's declared "
                              "shape before checking it; trusted networks only). Default: HTTP serves health/metadata only")
-    parser.add_argument("--log-file", default=None, help="tritonserver log (default: a temporary file)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the models to load")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    add_server_options(parser)
+    parser.add_argument("--log-file", default=None, help="tritonserver log (default: a temporary file)")
     return parser.parse_args(argv)
 
 

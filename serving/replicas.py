@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from serving import launcher
+from serving.__main__ import add_server_options
 from serving.launcher import LaunchError, TritonServer, check_port_free, repository_models
 
 PORT_STRIDE = 3  # replica i: every base port + PORT_STRIDE * i
@@ -126,20 +127,9 @@ class Replicas:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serving.replicas", description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=2, help="number of Triton servers (default: %(default)s)")
-    parser.add_argument("--model-repository", default="model_repository", help="model repository folder (default: %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=launcher.DEFAULT_GRPC_PORT,
-                        help=f"replica 0's; replica i adds {PORT_STRIDE} i (default: %(default)s)")
-    parser.add_argument("--http-port", type=int, default=launcher.DEFAULT_HTTP_PORT, help="likewise (default: %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=launcher.DEFAULT_METRICS_PORT, help="likewise (default: %(default)s)")
-    parser.add_argument("--address", default=launcher.DEFAULT_ADDRESS, help="address to listen on, 0.0.0.0 for all (default: %(default)s)")
-    # Each replica is configured like `python -m serving`:
-    parser.add_argument("--cache-mib", type=int, default=launcher.DEFAULT_RESPONSE_CACHE_MIB,
-                        help="response cache per replica in MiB, 0 = off (default: %(default)s)")
-    parser.add_argument("--poll-seconds", type=int, default=launcher.DEFAULT_POLL_SECONDS,
-                        help="rescan the repository for new exports every N s, 0 = never (default: %(default)s)")
-    parser.add_argument("--http-inference", action="store_true", help="also serve inference over HTTP (see python -m serving --help)")
+    # Each replica is configured like `python -m serving` (one definition of the server's options):
+    add_server_options(parser, port_help=f"replica 0's; replica i adds {PORT_STRIDE} i (default: %(default)s)")
     parser.add_argument("--log-dir", default=None, help="write replica-<i>.log here (default: one temporary file per replica)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each replica's models to load")
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error(f"--replicas must be at least 1, got {args.replicas}")
