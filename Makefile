@@ -82,7 +82,8 @@ train: setup
 export: setup
 	$(PY) -m export $(if $(RUN),--run "$(RUN)") $(if $(CKPT),--ckpt "$(CKPT)") $(if $(TRT),--trt) --repository $(MODEL_REPOSITORY)
 
-serve: setup
+serve: setup  ## a repository without a bamsgan version gets the released generator (export/released/) first
+	$(PY) -m export.release --publish-if-empty --repository $(MODEL_REPOSITORY)
 	$(PY) -m $(if $(filter 1,$(REPLICAS)),serving,serving.replicas --replicas $(REPLICAS)) --model-repository $(MODEL_REPOSITORY) --address $(ADDRESS) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		$(if $(strip $(CACHE_MIB)),--cache-mib $(CACHE_MIB)) $(if $(strip $(POLL_SECONDS)),--poll-seconds $(POLL_SECONDS)) $(SERVE_ARGS)

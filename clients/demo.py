@@ -6,8 +6,12 @@
 2. export   python -m export --run runs/demo-<time>          (a new version in model_repository/)
 3. serve    Triton (serving.TritonServer) on free ports
 4. generate python -m clients.generate ... faces by seed: a grid and one PNG per seed
-5. bench    python -m clients.benchmark ... a short sweep, served vs raw ONNX Runtime
-6. stop     the server (always, also when a stage fails or on Ctrl-C)
+5. released python -m export --ckpt export/released/bamsgan-g-ema.pt --repository OUT/released_repository
+            the released generator (export/release.py) exported the same way, its faces for the
+            same seeds from its generator.onnx (ONNX Runtime), beside the short run's:
+            OUT/side_by_side.png. Skipped, with one line, when the release file is absent.
+6. bench    python -m clients.benchmark ... a short sweep, served vs raw ONNX Runtime
+7. stop     the server (always, also when a stage fails or on Ctrl-C)
 
 Each stage runs as a subprocess under a header that shows its command, so any stage can be
 re-run by hand. A failing stage stops the demo with its exit code. About 5-8 minutes on 2 CPU
@@ -24,7 +28,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SEEDS = "0-63"
+SEED_COUNT = 64
+SEEDS = f"0-{SEED_COUNT - 1}"
 
 
 class StageFailed(RuntimeError):
@@ -51,6 +56,49 @@ class Stages:
             raise StageFailed(name, code)
 
 
+def released_stage(stages: Stages, python: str, run_dir: Path, out: Path, weights: Path) -> Path:
+    """Export the released generator into the demo's folder (parity-checked, as the server would load it),
+    draw the demo's seeds with its generator.onnx and put them beside the short run's served faces."""
+    import numpy as np
+    from PIL import Image
+
+    from clients.endpoints import MODEL
+    from export.release import release_summary
+    from training.checkpoint import LATEST, load_checkpoint
+    from training.evaluate import faces_from_version
+    from training.images import image_grid
+
+    repository = out / "released_repository"
+    stages.run("released", [python, "-m", "export", "--ckpt", str(weights), "--repository", str(repository), "--no-fp16"])
+    released, _, _ = faces_from_version(repository / MODEL, SEED_COUNT, SEED_COUNT, progress=False)
+    demo_epochs = load_checkpoint(run_dir / LATEST)["epoch"]
+    panels = [(np.asarray(Image.open(out / "faces.png").convert("RGB")), f"this demo's {demo_epochs}-epoch run"),
+              (image_grid(released), f"released generator ({release_summary(load_checkpoint(weights))})")]
+    return side_by_side(panels, out / "side_by_side.png")
+
+
+def side_by_side(panels: list[tuple], path: Path) -> Path:
+    """Face grids in a row, each under its label, at 2 screen pixels per image pixel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = max(grid.shape[0] for grid, _ in panels)
+    width = sum(grid.shape[1] for grid, _ in panels)
+    figure, axes = plt.subplots(1, len(panels), figsize=(2 * width / 100 + 0.4, 2 * height / 100 + 0.5), dpi=100,
+                                gridspec_kw={"width_ratios": [grid.shape[1] for grid, _ in panels]})
+    for axis, (grid, label) in zip(axes, panels):
+        axis.imshow(grid, interpolation="nearest")
+        axis.set_title(label, fontsize=11)
+        axis.axis("off")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="synthetic", help="training data: synthetic or a PATH (default %(default)s)")
@@ -64,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = REPO_ROOT / "runs" / f"demo-{stamp}"
     out = args.out or REPO_ROOT / "out" / f"demo-{stamp}"
     python = sys.executable
-    stages = Stages(total=6)
-    server = None
+    from export.release import RELEASED_WEIGHTS, repo_relative
+
+    released = RELEASED_WEIGHTS.is_file()
+    stages = Stages(total=7 if released else 6)
+    server, comparison = None, None
     try:
         train = [python, "-m", "training.train", "--data", args.data, "--out", str(run_dir)]
         if args.epochs:
@@ -92,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         url = server.grpc_url
         stages.run("generate", [python, "-m", "clients.generate", "--url", url, "--seeds", SEEDS,
                                 "--out", str(out / "faces.png"), "--each", str(out / "faces")])
+        if released:
+            comparison = released_stage(stages, python, run_dir, out, RELEASED_WEIGHTS)
+            print(f"side by side: {comparison}", flush=True)
+        else:
+            print(f"\nNo released generator at {repo_relative(RELEASED_WEIGHTS)} (python -m export.release makes one): "
+                  "no side-by-side picture.", flush=True)
         stages.run("bench", [python, "-m", "clients.benchmark", "--url", url, "--out", str(out / "bench"),
                              "--batch-sizes", "1,16", "--concurrency", "1,4", "--window", "2", "--warmup", "1",
                              "--max-windows", "4", "--compare-raw", str(args.repository)])
@@ -111,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  training samples   {run_dir / 'samples' / 'latest.png'}  (one per epoch in {run_dir / 'samples'})")
     print(f"  checkpoint         {run_dir / 'checkpoint-latest.pt'}")
     print(f"  served faces       {out / 'faces.png'}  (seeds {SEEDS}; one PNG per seed in {out / 'faces'})")
+    if comparison is not None:
+        print(f"  side by side       {comparison}  (the same seeds from the released generator)")
     print(f"  benchmark          {out / 'bench' / 'latency_throughput.png'}, results.json, results.csv")
     print(f"  server log         {out / 'tritonserver.log'}")
     print("Serve it yourself: make serve, then python -m clients.generate --seeds 0-63 --out grid.png")

@@ -30,18 +30,20 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from training.config import ABLATIONS, PRESETS, TrainConfig
+from training.config import ABLATIONS, PAPER_ABLATIONS, PRESETS, TrainConfig
 from training.config import parse_args as parse_train_args
 
 STUDY_FILE = "study.json"
@@ -75,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--epochs", type=int, help="epochs per variant (default: the preset's)")
     parser.add_argument("--out", help="study folder (default runs/ablation-<data>-<preset>-<epochs>ep; "
                                       "the same command continues it)")
-    parser.add_argument("--variants", help=f"comma-separated, from {', '.join(ABLATIONS)} (default all)")
+    parser.add_argument("--variants", help=f"comma-separated, from {', '.join(ABLATIONS)} "
+                                           f"(default the paper's: {','.join(PAPER_ABLATIONS)})")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default cpu")
     parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--metrics-every", type=int, metavar="K", help="score every K epochs (default about 6 times a run)")
@@ -87,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--detector", help="face-detector cascade (default: training.metrics.find_detector)")
     parser.add_argument("--inception-weights", help="FID/KID weights (default: training.metrics.find_inception_weights)")
     parser.add_argument("--grid-seeds", type=int, help="seeds 0..S-1 in the side-by-side grid (default 8)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N variants at once, each on cores/N threads (an equal time budget side by side; default 1)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from what the runs hold; train nothing")
     parser.add_argument("--results", help="also copy the report and each run's small files (no checkpoints) into this folder")
     return parser.parse_known_args(argv)
@@ -105,7 +110,7 @@ def study_options(args: argparse.Namespace, train_args: list[str], saved: dict |
         return {**{key: saved[key] for key in COMPARED}, **{key: value for key, value in given.items() if value is not None}}
     preset = given["preset"] or TrainConfig.preset
     epochs = given["epochs"] or PRESETS[preset].get("epochs", TrainConfig.epochs)
-    defaults = {"data": "synthetic", "epochs": epochs, "preset": preset, "seed": 0, "variants": list(ABLATIONS),
+    defaults = {"data": "synthetic", "epochs": epochs, "preset": preset, "seed": 0, "variants": list(PAPER_ABLATIONS),
                 "metrics_every": max(1, epochs // 6), "metrics_last": min(5, epochs), "metrics_count": 1000,
                 "metrics_data": None, "detector": None, "inception_weights": None, "grid_seeds": 8, "train_args": []}
     return {**defaults, **{key: value for key, value in given.items() if value is not None}}
@@ -543,12 +548,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {study_dir} is not an ablation study (no {STUDY_FILE})")
         options = json.loads((study_dir / STUDY_FILE).read_text())
     else:
+        if args.jobs > 1 and not any(arg.split("=")[0] == "--threads" for arg in train_args):
+            # The cores shared out, recorded in the study's train_args: a continued study uses the same.
+            train_args = [*train_args, "--threads", str(max(1, len(os.sched_getaffinity(0)) // args.jobs))]
         command = shlex.join(["python", "-m", "training.ablation", *(sys.argv[1:] if argv is None else argv)])
         options = open_study(study_dir, args, train_args, command)
         print(f"ablation study in {study_dir}: {', '.join(options['variants'])}, {options['epochs']} epochs each")
         try:
-            for index, variant in enumerate(options["variants"], 1):
-                run_variant(options, study_dir, variant, index)
+            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each variant is a subprocess
+                for finished in [pool.submit(run_variant, options, study_dir, variant, index)
+                                 for index, variant in enumerate(options["variants"], 1)]:
+                    finished.result()  # the first failure, in variant order
         except KeyboardInterrupt:
             raise SystemExit(f"\ninterrupted: the same command continues the study in {study_dir}") from None
     report = write_report(study_dir, options)

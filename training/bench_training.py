@@ -2,12 +2,17 @@
 
     python -m training.bench_training [--preset cpu|paper] [--batch-size 64] [--steps 10] [--impls sdpa,reference]
     python -m training.bench_training --processes 1,2 [--preset cpu] [--batch-size 64] [--steps 10]
+    python -m training.bench_training --variants eager,channels-last,compile,compile+channels-last [--threads 1,2]
 
 Each implementation runs the full training step (G forward, one D call over real + fake + blur
 + memory, G step, EMA) on random uint8 images in a child process of its own, so peak memory is
 that implementation's alone: CUDA's max_memory_allocated on a GPU, the process's peak RSS on CPU.
 Prints a table with images/s (the mean of 3 timed windows, and their spread) and the ratio to the
 reference (bmm + softmax) attention.
+
+With --variants, each runtime variant (a "+"-joined set of eager, channels-last, compile) runs the
+same step with the default attention, at each --threads count: the choice of the CPU preset's
+runtime defaults (channels_last, compile, threads) rests on this table.
 
 With --processes, each count N trains the same global batch with N data-parallel processes
 (`python -m training.distributed --standalone --nproc-per-node N -m training.train --bench STEPS`),
@@ -54,6 +59,48 @@ def measure_processes(args, counts: list[int]) -> dict[int, dict]:
     return results
 
 
+VARIANT_FLAGS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}
+
+
+def measure_variants(args, variants: list[str], thread_counts: list[int]) -> dict[str, dict]:
+    """The training step for each runtime variant x thread count, each in a child process of its own."""
+    unknown = sorted({part for variant in variants for part in variant.split("+")} - set(VARIANT_FLAGS))
+    if unknown:
+        raise SystemExit(f"error: unknown variant part(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_FLAGS)}")
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for threads in thread_counts:
+        for variant in variants:
+            flags = {"channels_last": False, "compile": False}
+            for part in variant.split("+"):
+                flags.update(VARIANT_FLAGS[part])
+            config = dataclasses.replace(TrainConfig(**PRESETS[args.preset]), preset=args.preset, batch_size=args.batch_size,
+                                         device=args.device, threads=threads, **flags)
+            queue = context.Queue()
+            child = context.Process(target=_measure_in_child, args=(config, args.steps, queue))
+            child.start()
+            child.join()
+            name = f"{variant} @{threads}t"
+            if child.exitcode != 0:
+                print(f"{name}: failed (exit code {child.exitcode})")
+                continue
+            results[name] = queue.get()
+            print(f"{name}: {results[name]['images_per_s']:.1f} images/s", flush=True)
+    return results
+
+
+def print_variants(args, results: dict[str, dict]) -> None:
+    print(f"\ntraining step, preset {args.preset}, batch {args.batch_size}, 3 windows x {args.steps} steps, "
+          f"CPU, {free_cores()} cores")
+    base = next(iter(results.values()), None)
+    print(f"{'variant':<28} {'images/s':>10} {'spread (std)':>13} {'vs first':>9} {'peak MiB':>9}")
+    for name, result in results.items():
+        spread = statistics.stdev(result["windows"]) if len(result["windows"]) > 1 else float("nan")
+        ratio = result["images_per_s"] / base["images_per_s"]
+        print(f"{name:<28} {result['images_per_s']:>10.1f} {spread:>13.1f} {ratio:>8.2f}x {result['peak_mib']:>9.0f}")
+    print(json.dumps(results))
+
+
 def print_processes(args, results: dict[int, dict]) -> None:
     device = pick_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {free_cores()} cores"
@@ -76,10 +123,19 @@ def main() -> None:
     parser.add_argument("--impls", help="comma-separated: reference, sdpa, kernel (default reference,sdpa; "
                                          "with --processes one of them or auto, the default)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", default="0", help="CPU threads (0 = the free cores); with --variants a comma-separated list")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--variants", help="comma-separated runtime variants, e.g. eager,channels-last,compile+channels-last")
     parser.add_argument("--processes", help="comma-separated process counts to compare (data-parallel, torchrun), e.g. 1,2")
     args = parser.parse_args()
+    try:
+        thread_counts = [int(count) for count in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads takes whole numbers separated by commas, got {args.threads!r}")
+    if args.variants:
+        print_variants(args, measure_variants(args, args.variants.split(","), thread_counts))
+        return
+    args.threads = thread_counts[0]
     if args.processes:
         args.impls = args.impls or "auto"
         print_processes(args, measure_processes(args, [int(count) for count in args.processes.split(",")]))

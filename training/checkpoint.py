@@ -4,6 +4,10 @@ Written atomically (temp file + fsync + rename: a crash never leaves half a chec
 real name) and loadable with `torch.load(weights_only=True)`: only tensors, numbers, strings and
 containers go in. A missing, truncated or foreign file raises `CheckpointError` with a message
 a user can act on.
+
+A released generator (export/release.py: G-EMA weights only) is the same format without G, D,
+optimisers, memory and RNG: everything that reads faces from a checkpoint loads it, and
+`require_training_state` refuses to resume training from it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from training.networks import Generator
 FORMAT = "bamsgan-checkpoint"
 FORMAT_VERSION = 1
 LATEST = "checkpoint-latest.pt"  # a run's newest checkpoint: a hard link to it, swapped in atomically
+# Every checkpoint has these. A training checkpoint also has TRAINING_KEYS; a released generator
+# (export/release.py) has only these, plus RELEASE_KEY saying where it came from.
+REQUIRED_KEYS = ("model", "config", "G_ema", "epoch", "step")
+TRAINING_KEYS = ("G", "D", "opt_G", "opt_D", "rng")
+RELEASE_KEY = "release"
 
 
 class CheckpointError(ValueError):
@@ -55,9 +64,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path} has checkpoint format version {state.get('format_version')}; this code reads version {FORMAT_VERSION}"
         )
-    missing = [key for key in ("model", "config", "G", "G_ema", "epoch", "step") if key not in state]
+    missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+    return state
+
+
+def is_release(state: dict) -> bool:
+    """A released generator: G-EMA weights only (export/release.py), nothing to resume training from."""
+    return RELEASE_KEY in state
+
+
+def require_training_state(state: dict, path: str | os.PathLike) -> dict:
+    """The checkpoint, if training can resume from it; CheckpointError in one line otherwise."""
+    if is_release(state):
+        raise CheckpointError(
+            f"{path} is a released generator (G-EMA weights only); it cannot be resumed — "
+            "train from scratch or resume the run it came from"
+        )
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}, so training cannot resume from it")
     return state
 
 
@@ -65,6 +92,8 @@ def generator_from_checkpoint(state: dict, ema: bool = True) -> Generator:
     """The checkpoint's generator (its EMA weights by default), in eval mode, on CPU."""
     model = state["model"]
     generator = Generator(z_dim=model["z_dim"], channels=model["channels"], attention=model["attention"])
+    if not ema and "G" not in state:
+        raise CheckpointError("this checkpoint holds only the EMA generator (G_ema), not the trained G")
     weights = state["G_ema" if ema else "G"]
     try:
         generator.load_state_dict(weights)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from training.attention import ATTENTION_IMPLS
 from training.constants import Z_DIM
+from training.loss import FAKE_TERMS
 
 
 @dataclass
@@ -48,11 +49,19 @@ class TrainConfig:
     beta1: float = 0.5  # SAGAN (the paper preset): 0
     beta2: float = 0.9
     weight_decay: float = 1e-4
+    # False: the decay skips spectrally-normalised weights, where W/sigma(W) ignores their scale and
+    # decay only raises the effective learning rate; True decays them too (the paper's plain Adam).
+    decay_normalised: bool = False
+    fake_terms: str = "average"  # sum (the paper) | average: how D's three negative terms are combined
     ema_decay: float = 0.999  # EMA of G's weights; ramped up over the first steps
+    # True: after each epoch G-EMA gets its own spectral-norm vectors and BatchNorm statistics
+    # ("standing statistics", from its own outputs); False: it copies G's (measured worse, see README)
+    ema_standing_stats: bool = True
+    flip: bool = True  # mirror real (and blurred) faces left-right at random
 
     # Edge-blurred negatives (Algorithm 1)
     blur: bool = True
-    blur_fraction: float = 0.1
+    blur_fraction: float = 1.0  # share of the data edge-blurred (the paper: "a portion", 0.1); each step draws from it
     canny_low: int = 100
     canny_high: int = 200
     blur_kernel: int = 5
@@ -68,13 +77,16 @@ class TrainConfig:
 
     # Schedule
     epochs: int = 10
+    # A time budget: stop after the first epoch that brings the run's training time (summed over
+    # resumes; metrics and checkpoints not counted) to this many minutes; `epochs` stays the cap.
+    minutes: float | None = None
     batch_size: int = 32  # global: split over the processes of a torchrun launch
     seed: int = 0
 
     # Runtime
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # NHWC activations (CUDA and oneDNN on CPU)
     compile: bool = False  # torch.compile G and D
     threads: int = 0  # torch CPU threads; 0 = the free cores
     sample_seeds: int = 64  # fixed seeds 0..N-1 drawn into samples/epoch-XXXX.png
@@ -89,12 +101,16 @@ class TrainConfig:
     inception_weights: str | None = None  # FID/KID weights; default: training.metrics.find_inception_weights()
 
     def __post_init__(self) -> None:
+        if self.fake_terms not in FAKE_TERMS:
+            raise ValueError(f"fake_terms must be one of {FAKE_TERMS}, got {self.fake_terms!r}")
         if self.loss not in ("hinge", "bce"):
             raise ValueError(f"loss must be 'hinge' or 'bce', got {self.loss!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.channels < 1:
             raise ValueError("batch_size, epochs and channels must be positive")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.metrics_every < 0 or self.metrics_count < 1:
             raise ValueError("metrics_every must be >= 0 (0 = off) and metrics_count positive")
         if self.memory_replay_epoch < self.memory_fill_epoch:
@@ -108,17 +124,33 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     "cpu": {},  # the dataclass defaults
-    "paper": dict(channels=64, epochs=300, batch_size=64, lr_g=1e-4, beta1=0.0, synthetic_size=8192,
+    "paper": dict(channels=64, epochs=300, batch_size=64, lr_g=1e-4, beta1=0.0, synthetic_size=8192, fake_terms="sum", flip=False, blur_fraction=0.1,
                   memory_capacity=4096, memory_fill_epoch=20, memory_replay_epoch=25),
 }
 
-ABLATIONS: dict[str, dict] = {
+PAPER_ABLATIONS: dict[str, dict] = {  # the paper's ablation study: `make ablation` trains these
     "bamsgan": {},
     "sagan": dict(blur=False, memory=False),  # SAGAN with the paper's regularisation
     "blur-only": dict(memory=False),
     "memory-only": dict(blur=False),
     "dcgan": dict(blur=False, memory=False, attention=False),
 }
+
+# The tuning ladder behind today's CPU defaults: each step adds one change to the step before,
+# starting from the CPU preset as it was ("v0-before"); README "What made the faces better" has
+# the measured table. A step that did not help is listed with what it did and left out after it.
+BEFORE_TUNING = dict(fake_terms="sum", decay_normalised=True, ema_standing_stats=False, flip=False, blur_fraction=0.1)
+TUNING_LADDER: dict[str, dict] = {
+    "v0-before": BEFORE_TUNING,
+    "v1-average-negatives": {**BEFORE_TUNING, "fake_terms": "average"},
+    "v2-decay-unnormalised": {**BEFORE_TUNING, "fake_terms": "average", "decay_normalised": False},
+    "v3-ema-own-statistics": {**BEFORE_TUNING, "fake_terms": "average", "decay_normalised": False, "ema_standing_stats": True},
+    "v4-flip": {**BEFORE_TUNING, "fake_terms": "average", "decay_normalised": False, "ema_standing_stats": True, "flip": True},
+    "v5-blur-every-face": {**BEFORE_TUNING, "fake_terms": "average", "decay_normalised": False, "ema_standing_stats": True,
+                           "flip": True, "blur_fraction": 1.0},
+}
+
+ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER}  # what --ablation can name
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -138,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
-            kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
+            kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help)
     args = parser.parse_args(argv)
     preset = args.preset or defaults.preset
@@ -154,11 +186,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    """Rebuild a TrainConfig from a checkpoint or options.json (unknown keys are an error)."""
+    """Rebuild a TrainConfig from a checkpoint or options.json (unknown keys are an error). A run
+    saved before the tuning fields existed keeps the recipe it was trained with (BEFORE_TUNING),
+    not today's defaults."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return TrainConfig(**values)
+    return TrainConfig(**{**BEFORE_TUNING, **values})
 
 

@@ -55,26 +55,28 @@ class EvaluationError(ValueError):
 # Sources of generated faces: each returns (faces uint8 [N, 64, 64, 3], description dict, training config or None).
 
 
-def faces_from_checkpoint(path: Path, count: int, batch_size: int, device: str, progress: bool):
+def faces_from_checkpoint(path: Path, count: int, batch_size: int, device: str, progress: bool, weights: str = "G_ema"):
     from training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint
 
     try:
         state = load_checkpoint(path)
-        generator = generator_from_checkpoint(state, ema=True).to(device)
+        if weights not in state:
+            raise CheckpointError(f"{path} has no {weights} weights (a released generator holds G_ema only)")
+        generator = generator_from_checkpoint(state, ema=weights == "G_ema").to(device)
     except CheckpointError as error:
         raise EvaluationError(str(error)) from None
     faces = metrics.faces_from_generator(generator, count, batch_size, device, progress=progress)
-    source = {"kind": "checkpoint", "path": str(path.resolve()), "weights": "G_ema", "epoch": state["epoch"], "step": state["step"]}
+    source = {"kind": "checkpoint", "path": str(path.resolve()), "weights": weights, "epoch": state["epoch"], "step": state["step"]}
     return faces, source, state.get("config") or None
 
 
-def faces_from_run(run: Path, count: int, batch_size: int, device: str, progress: bool):
+def faces_from_run(run: Path, count: int, batch_size: int, device: str, progress: bool, weights: str = "G_ema"):
     if not run.is_dir():
         raise EvaluationError(f"no run directory at {run}")
     checkpoint = run / "checkpoint-latest.pt"
     if not checkpoint.exists():
         raise EvaluationError(f"run {run} has no checkpoint ({checkpoint.name}); train it first or pass --checkpoint")
-    faces, source, config = faces_from_checkpoint(checkpoint, count, batch_size, device, progress)
+    faces, source, config = faces_from_checkpoint(checkpoint, count, batch_size, device, progress, weights)
     return faces, {**source, "kind": "run", "run": str(run.resolve())}, config
 
 
@@ -209,7 +211,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         if not torch.cuda.is_available():
             raise EvaluationError(f"--device {args.device}: no CUDA device on this machine; use --device cpu")
     kind = next(kind for kind in ("run", "checkpoint", "version", "url") if getattr(args, kind))
-    default_out = Path(args.run) / f"evaluation-n{args.count}.json" if args.run else Path("out") / f"evaluation-{kind}-n{args.count}.json"
+    name = f"n{args.count}" + ("-live-G" if args.weights == "G" else "")
+    default_out = Path(args.run) / f"evaluation-{name}.json" if args.run else Path("out") / f"evaluation-{kind}-{name}.json"
     out = Path(args.out) if args.out else default_out
     check_output(out)
     # Files first: a missing one fails in a second, not after generating thousands of faces.
@@ -222,9 +225,10 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     if args.run:
-        faces, source, config = faces_from_run(Path(args.run), args.count, args.batch_size, args.device, args.progress)
+        faces, source, config = faces_from_run(Path(args.run), args.count, args.batch_size, args.device, args.progress, args.weights)
     elif args.checkpoint:
-        faces, source, config = faces_from_checkpoint(Path(args.checkpoint), args.count, args.batch_size, args.device, args.progress)
+        faces, source, config = faces_from_checkpoint(Path(args.checkpoint), args.count, args.batch_size, args.device, args.progress,
+                                                      args.weights)
     elif args.version:
         faces, source, config = faces_from_version(Path(args.version), args.count, args.batch_size, args.progress)
     else:
@@ -264,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run directory: evaluates its checkpoint-latest.pt (G-EMA)")
     source.add_argument("--checkpoint", help="checkpoint file (G-EMA)")
+    parser.add_argument("--weights", choices=("G_ema", "G"), default="G_ema",
+                        help="with --run/--checkpoint: the EMA generator (default, what export serves) or the live G")
     source.add_argument("--version", help="exported model version directory (model_repository/bamsgan/N; a model folder: its newest)")
     source.add_argument("--url", help="live Triton server HOST:PORT (gRPC)")
     parser.add_argument("--real", help="real faces: a folder, .tar, glob of shards, or 'synthetic' (default: the model's training data)")

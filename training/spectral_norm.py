@@ -25,3 +25,10 @@ def spectral_norm(module: nn.Module) -> nn.Module:
     transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     parametrize.register_parametrization(module, "weight", _FP32SpectralNorm(module.weight, dim=1 if transposed else 0))
     return module
+
+
+def spectral_norm_original_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The unnormalised weights of every spectrally-normalised layer in `module` (their scale does
+    not change what the layer computes: the layer uses W / sigma(W))."""
+    return [sub.parametrizations.weight.original for sub in module.modules()
+            if parametrize.is_parametrized(sub, "weight") and isinstance(sub.parametrizations.weight[0], _SpectralNorm)]

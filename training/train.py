@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from training.blur import blur_subset
-from training.checkpoint import LATEST, CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import LATEST, CheckpointError, load_checkpoint, require_training_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict, parse_args
 from training.constants import Z_DIM
 from training.dataset import ImageSet, load_images
@@ -50,6 +50,7 @@ from training.latents import seeds_to_latents
 from training.loss import discriminator_loss, generator_loss
 from training.memory import MemoryRepository
 from training.networks import Discriminator, Generator
+from training.spectral_norm import spectral_norm_original_weights
 
 
 def pick_device(name: str, world: World = World()) -> torch.device:
@@ -81,12 +82,11 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         if world.distributed:
             use_global_batchnorm(self.G)  # G-EMA keeps plain BatchNorm: it is only ever evaluated
-        if self.cuda and config.channels_last:
+        if config.channels_last:
             for net in (self.G, self.D, self.G_ema):
                 net.to(memory_format=torch.channels_last)
-        adam = dict(betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, **adam)
+        self.opt_G = torch.optim.Adam(self._decay_groups(self.G), lr=config.lr_g, betas=(config.beta1, config.beta2))
+        self.opt_D = torch.optim.Adam(self._decay_groups(self.D), lr=config.lr_d, betas=(config.beta1, config.beta2))
         # The D step goes through D's DDP wrapper; the G step calls the bare D, frozen (see distributed.py).
         compile_ = torch.compile if config.compile else (lambda module: module)
         self.G_step = compile_(data_parallel(self.G, world, device))
@@ -100,23 +100,35 @@ class Trainer:
         self.rng = torch.Generator(device=device).manual_seed(config.seed)
         self.epoch = 0  # completed epochs
         self.step_count = 0
+        self.train_seconds = 0.0  # wall time spent in training epochs, over resumes (the --minutes budget)
+
+    def _decay_groups(self, net: torch.nn.Module) -> list[dict]:
+        """Adam parameter groups: weight decay (the paper's regularisation) where it changes the function."""
+        exempt = set() if self.config.decay_normalised else {id(p) for p in spectral_norm_original_weights(net)}
+        groups = [{"params": [p for p in net.parameters() if id(p) not in exempt], "weight_decay": self.config.weight_decay},
+                  {"params": [p for p in net.parameters() if id(p) in exempt], "weight_decay": 0.0}]
+        return [group for group in groups if group["params"]]  # decay everywhere: one group, as runs before the split
 
     # -- one training step -------------------------------------------------------------------
     def autocast(self):
         enabled = self.cuda and self.config.amp
         return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
 
-    def _images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _images(self, pixels: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 pixels -> model images, mirrored where `flips` (bool [B]) is set."""
+        if flips is not None:
+            pixels = torch.where(flips[:, None, None, None], pixels.flip(3), pixels)
         images = from_uint8_nchw(pixels)
-        return images.contiguous(memory_format=torch.channels_last) if self.cuda and self.config.channels_last else images
+        return images.contiguous(memory_format=torch.channels_last) if self.config.channels_last else images
 
     def step(self, batch_index: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on the global batch `batch_index`; this rank computes its rows of it. Random draws
         are made for the whole global batch (the same on every rank) and sliced, so the step does not
         depend on the number of processes."""
         config, batch, mine = self.config, len(batch_index), self.rows
-        real = self._images(self.pixels[batch_index[mine]])
         z = torch.randn(batch, Z_DIM, device=self.device, generator=self.rng)[mine]
+        flips = torch.rand(2, batch, device=self.device, generator=self.rng)[:, mine] < 0.5 if config.flip else [None, None]
+        real = self._images(self.pixels[batch_index[mine]], flips[0])
         with self.autocast():
             fakes = self.G_step(z)
 
@@ -124,13 +136,13 @@ class Trainer:
         parts = {"real": real, "fake": fakes.detach().to(real.dtype)}
         if self.blurred is not None:
             pick = torch.randint(0, len(self.blurred), (batch,), device=self.device, generator=self.rng)[mine]
-            parts["blur"] = self._images(self.blurred[pick])
+            parts["blur"] = self._images(self.blurred[pick], flips[1])
         if self.memory is not None and self.epoch >= config.memory_replay_epoch and len(self.memory):
             parts["memory"] = self.memory.sample(batch, rows=mine).to(real.dtype)
         with self.autocast():
             logits = self.D_step(torch.cat(list(parts.values()))).float()
         logits_by_part = dict(zip(parts, logits.split([len(part) for part in parts.values()])))
-        loss_D, terms = discriminator_loss(logits_by_part, config.loss, config.blur_weight, config.memory_weight)
+        loss_D, terms = discriminator_loss(logits_by_part, config.loss, config.blur_weight, config.memory_weight, config.fake_terms)
         mean_logits = {f"D_{name}": part.detach().mean() for name, part in logits_by_part.items()}  # stays on the device
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -158,8 +170,16 @@ class Trainer:
         decay = min(self.config.ema_decay, (1 + self.step_count) / (10 + self.step_count))
         ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers()):
-            ema_buffer.copy_(buffer)  # BatchNorm statistics and spectral-norm vectors follow G
+        if not self.config.ema_standing_stats:
+            for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers()):
+                ema_buffer.copy_(buffer)  # BatchNorm statistics and spectral-norm vectors follow G
+
+    def finish_epoch(self, seconds: float) -> None:
+        """Count the epoch and its time; give G-EMA its own statistics before anything samples or saves it."""
+        self.epoch += 1
+        self.train_seconds += seconds
+        if self.config.ema_standing_stats:
+            standing_statistics(self.G_ema, seed=self.config.seed * 100_003 + self.epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """Shuffled indices for an epoch: a function of (seed, epoch), so resuming needs no state."""
@@ -179,6 +199,7 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "epoch": self.epoch,
             "step": self.step_count,
+            "train_seconds": self.train_seconds,
             "world_size": self.world.size,  # for the record: the state itself is the same for any world size
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
@@ -202,6 +223,41 @@ class Trainer:
         self.rng.set_state(state["rng"]["train"])
         torch.set_rng_state(state["rng"]["torch_cpu"])
         self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def finished(self) -> bool:
+        """The run has done its epochs, or spent its --minutes."""
+        budget = self.config.minutes
+        return self.epoch >= self.config.epochs or (budget is not None and self.train_seconds >= 60 * budget)
+
+
+STANDING_BATCHES, STANDING_BATCH_SIZE = 16, 64  # 1,024 latents: BatchNorm means to ~1/32 of a std
+
+
+@torch.no_grad()
+def standing_statistics(generator: torch.nn.Module, seed: int) -> None:
+    """Replace an EMA generator's BatchNorm statistics and spectral-norm vectors by its own.
+
+    G-EMA's weights are an average of G's, so G's running BatchNorm statistics and singular vectors
+    describe another network. Train-mode forward passes over seeded latents recompute both for
+    G-EMA's weights: each pass is one power iteration per spectral-norm layer (started from the
+    vectors it has, so they keep converging from epoch to epoch), and with momentum None BatchNorm
+    keeps the plain average over the passes (BigGAN's "standing statistics"). A function of the
+    weights, the vectors and the seed, all in the checkpoint: an exact resume repeats it.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    rng = torch.Generator().manual_seed(seed)
+    device = next(generator.parameters()).device
+    generator.train()
+    for _ in range(STANDING_BATCHES):
+        generator(torch.randn(STANDING_BATCH_SIZE, Z_DIM, generator=rng).to(device))
+    generator.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def measure(config: TrainConfig, steps: int, windows: int = 3) -> dict:
@@ -357,8 +413,10 @@ class FaceMetrics:
         return f"  {name} {value:.4g}" if value is not None else f"  {name} n/a"
 
 
-def evaluate_now(config: TrainConfig, epoch: int) -> bool:
-    return config.metrics_every > 0 and (epoch % config.metrics_every == 0 or epoch == config.epochs)
+def evaluate_now(config: TrainConfig, epoch: int, last: bool = False) -> bool:
+    """Score G-EMA after this epoch: every metrics_every-th epoch, and the run's last (`last`: the
+    time budget ended it early)."""
+    return config.metrics_every > 0 and (epoch % config.metrics_every == 0 or epoch == config.epochs or last)
 
 
 def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
@@ -373,7 +431,7 @@ def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None,
-          world: World | None = None) -> Trainer:
+          world: World | None = None, resume_minutes: float | None = None) -> Trainer:
     """Train a new run in run_dir, or with resume=True continue the run there with its saved
     options (to its own epoch count, or to `resume_epochs` when given). Under torchrun every
     process calls this; rank 0 alone writes into run_dir (which other nodes must see: every rank
@@ -387,11 +445,15 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     if resume:
         # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
         state = load_checkpoint(run_dir / LATEST, map_location="cpu")
+        require_training_state(state, run_dir / LATEST)  # a released generator holds G-EMA only
         saved = config_from_dict(state["config"])
         check_batch_split(saved.batch_size, world, resumed=True)
         if resume_epochs is not None and resume_epochs != saved.epochs:
             log(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
-        config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs)
+        if resume_minutes is not None and resume_minutes != saved.minutes:
+            log(f"resume: a time budget of {resume_minutes:g} minutes in all (the run was started with {saved.minutes})")
+        config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs,
+                                     minutes=saved.minutes if resume_minutes is None else resume_minutes)
         if state.get("world_size", 1) != world.size:
             log(f"resume: {state.get('world_size', 1)} process(es) wrote the checkpoint, {world.size} continue it")
     check_batch_split(config.batch_size, world)
@@ -421,7 +483,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     processes = f", {world.size} processes x {batch // world.size} images" if world.distributed else ""
     log(f"training on {device} ({torch.get_num_threads()} threads{processes}): {steps_per_epoch} steps/epoch of {batch}, "
         f"epochs {trainer.epoch + 1}..{config.epochs}, run dir {run_dir}")
-    while trainer.epoch < config.epochs:
+    if config.minutes is not None:
+        log(f"time budget: {config.minutes:g} minutes of training ({trainer.train_seconds / 60:.1f} spent), at most {config.epochs} epochs")
+    while not trainer.finished():
         epoch, order = trainer.epoch, trainer.epoch_order(trainer.epoch)
         totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
         counts: dict[str, int] = {}  # steps each entry was present in (memory joins mid-run)
@@ -436,9 +500,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
                 progress.update(batch)
                 if world.main and (step % 10 == 9 or step == steps_per_epoch - 1):  # a host sync, so only now and then
                     progress.set_postfix(D=f"{losses['loss_D'].item():.3f}", G=f"{losses['loss_G'].item():.3f}")
-        means = all_mean(world, {name: total / counts[name] for name, total in totals.items()})  # over the ranks
-        seconds = time.perf_counter() - start
-        trainer.epoch += 1
+        means = {name: total / counts[name] for name, total in totals.items()}
+        means["seconds"] = torch.tensor(time.perf_counter() - start, device=device)
+        means = all_mean(world, means)  # over the ranks: every rank sees the same time budget spent
+        seconds = float(means.pop("seconds"))
+        trainer.finish_epoch(seconds)
         if world.distributed:
             check_identical(world, trainer.G_ema, "G-EMA")  # cheap insurance: the replicas never drift apart
 
@@ -453,7 +519,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
                 stats["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             append_jsonl(run_dir / "stats.jsonl", stats)
             headline = ""
-            if face_metrics is not None and evaluate_now(config, trainer.epoch):
+            if face_metrics is not None and evaluate_now(config, trainer.epoch, last=trainer.finished()):
                 results = face_metrics(trainer.G_ema, device)
                 append_jsonl(run_dir / "metrics.jsonl", {
                     "epoch": trainer.epoch, "step": trainer.step_count, "kimg": round(trainer.step_count * batch / 1000, 3),
@@ -462,7 +528,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
             grid = trainer.sample_grid(config.sample_seeds)
             save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
             save_png(run_dir / "samples" / "latest.png", grid)
-            if trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs:
+            if trainer.epoch % config.checkpoint_every == 0 or trainer.finished():
                 write_checkpoint(trainer, run_dir, config.keep_checkpoints)
             log(f"epoch {trainer.epoch}: D {stats['loss_D']:.3f}  G {stats['loss_G']:.3f}  {stats['images_per_s']} img/s{headline}")
     if world.distributed:  # every rank names its G-EMA: equal digests, bit-identical weights
@@ -486,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     init_process_group(world, pick_device(config.device, world).type)  # its errors name the rank: every rank prints
     run_dir = Path(args.out) if args.out else Path(broadcast_object(world, str(default_run_dir(config))))  # rank 0's clock
     try:
-        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world)
+        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world, resume_minutes=args.minutes)
     except (CheckpointError, FileNotFoundError, ValueError) as error:  # bad data or options: one line
         if not world.main:
             leave_quietly(world)  # the same line, printed once by rank 0

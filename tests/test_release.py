@@ -1,0 +1,255 @@
+"""The released generator (export/release.py): a tiny real run released, published on first use, served.
+
+One tiny run (channels=4, 64 images, 2 epochs, metrics every epoch) is trained once for the module;
+every test releases it into its own folder."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export import release
+from export.release import CARD_NAME, MAX_WEIGHTS_BYTES, SAMPLES_NAME, WEIGHTS_NAME, ReleaseError, write_release
+from export.repository import versions
+from training.checkpoint import (
+    LATEST, TRAINING_KEYS, CheckpointError, generator_from_checkpoint, load_checkpoint, require_training_state,
+)
+from training.constants import Z_DIM
+from training.images import image_grid, to_uint8_nhwc
+from training.latents import seeds_to_latents
+from training.train import train
+
+from .conftest import MODEL_NAME, REPO_ROOT
+from .test_train import DATA, tiny_config
+
+METRICS_COUNT = 16  # faces per evaluation in the tiny run and its --eval: seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("release-run")
+    run_dir = root / "tiny-run"
+    train(tiny_config(root, epochs=2, metrics_every=1, metrics_count=METRICS_COUNT), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def released(run, tmp_path_factory) -> Path:
+    """A release of the tiny run, made once; tests that change it make their own."""
+    out = tmp_path_factory.mktemp("released")
+    write_release(run, out, log=lambda line: None)
+    return out
+
+
+def faces(generator, seeds) -> np.ndarray:
+    with torch.no_grad():
+        return to_uint8_nhwc(generator(torch.from_numpy(seeds_to_latents(seeds, Z_DIM)))).numpy()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # A generous timeout: these exits come within seconds, but a loaded machine takes long over the imports.
+    return subprocess.run([sys.executable, "-m", "export.release", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_release_is_g_ema_only_and_draws_the_runs_faces(run, released):
+    state = load_checkpoint(released / WEIGHTS_NAME)
+    assert not {"G", "D", "opt_G", "opt_D", "memory", "rng"} & set(state)
+    assert (released / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
+    assert all(value.dtype == torch.float32 for value in state["G_ema"].values() if value.is_floating_point())
+    source = load_checkpoint(run / LATEST)
+    assert (state["epoch"], state["step"], state["model"], state["config"]) == (source["epoch"], source["step"], source["model"], source["config"])
+    assert state["train_seconds"] == source["train_seconds"] > 0
+    assert state["release"]["source_sha256"] == release.sha256_file(run / LATEST) and state["release"]["name"] == "tiny-run"
+
+    seeds = np.arange(8)
+    assert np.array_equal(faces(generator_from_checkpoint(state), seeds), faces(generator_from_checkpoint(source), seeds))
+    grid = np.asarray(Image.open(released / SAMPLES_NAME))
+    assert np.array_equal(grid, image_grid(faces(generator_from_checkpoint(state), np.arange(64))))
+    assert not list(released.glob(".release-*"))  # the staging folder is gone
+
+
+def test_training_cannot_resume_from_a_release(released, run):
+    state = load_checkpoint(released / WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=r"is a released generator \(G-EMA weights only\); it cannot be resumed — train from scratch"):
+        require_training_state(state, released / WEIGHTS_NAME)
+    assert require_training_state(load_checkpoint(run / LATEST), run / LATEST)  # a training checkpoint passes
+    with pytest.raises(CheckpointError, match="only the EMA generator"):
+        generator_from_checkpoint(state, ema=False)
+    partial = {key: value for key, value in load_checkpoint(run / LATEST).items() if key != TRAINING_KEYS[-1]}
+    with pytest.raises(CheckpointError, match=f"missing {TRAINING_KEYS[-1]}, so training cannot resume"):
+        require_training_state(partial, "x.pt")
+
+
+def test_an_existing_release_is_replaced_only_with_force_and_whole(run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "released"
+    write_release(run, out, name="first", log=lambda line: None)
+    before = {name: (out / name).read_bytes() for name in (WEIGHTS_NAME, SAMPLES_NAME, CARD_NAME)}
+
+    assert release.main(["--run", str(run), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines() == [error] and "already holds a release" in error and "--force" in error
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+    monkeypatch.setattr(release, "MAX_WEIGHTS_BYTES", 1000)  # fails once the new weights are written, before any rename
+    with pytest.raises(ReleaseError, match="over the 0 MB a committed release may take"):
+        write_release(run, out, force=True, name="too-big", log=lambda line: None)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+
+    assert release.main(["--run", str(run), "--out", str(out), "--force", "--name", "second"]) == 0
+    assert "MB (limit 10 MB)" in capsys.readouterr().out
+    assert load_checkpoint(out / WEIGHTS_NAME)["release"]["name"] == "second" and "released generator: second" in (out / CARD_NAME).read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging folder left behind
+
+
+def evaluate(checkpoint: Path, out: Path) -> Path:
+    from training.evaluate import main as evaluate_main
+
+    code = evaluate_main(["--checkpoint", str(checkpoint), "--count", str(METRICS_COUNT), "--real", DATA,
+                          "--metrics", "swd,sharpness,diversity", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_model_card_names_the_command_epochs_data_and_metrics(run, tmp_path):
+    evaluation = evaluate(run / LATEST, tmp_path / "eval.json")
+    out = tmp_path / "released"
+    write_release(run, out, eval_path=evaluation, log=lambda line: None)
+    card = (out / CARD_NAME).read_text()
+    options = json.loads((run / "options.json").read_text())
+    state = load_checkpoint(out / WEIGHTS_NAME)
+
+    assert release.shell_command(options["run"]["command"]) in card
+    assert "| epochs | 2 (of 2 planned) |" in card and f"| steps | {state['step']:,} |" in card
+    assert f"{state['train_seconds']:,.0f} s" in card and f"threads {options['run']['threads']}" in card
+    assert release.sha256_file(out / WEIGHTS_NAME) in card and f"![G-EMA faces for seeds 0-63]({SAMPLES_NAME})" in card
+    assert "| metric | value ± spread | N generated | N real | spread |" in card
+    swd = json.loads(evaluation.read_text())["metrics"]["swd"]
+    assert f"| swd x1e3 (lower is better) | {swd['value']:.4g} ± {swd['uncertainty']:.2g} | {METRICS_COUNT} | {METRICS_COUNT} |" in card
+    assert "| epoch | kimg | N |" in card and "\n| 2 | " in card  # the run's own metrics.jsonl
+    if DATA != "synthetic":
+        assert "research use only" in card and "> " in card and "anime-faces-mini-512.tar" in card
+    assert release.shell_command("/x/training/train.py --data /d/shard-*.tar") == "python -m training.train --data '/d/shard-*.tar'"
+
+
+def test_an_earlier_checkpoint_is_released_with_its_own_evaluation_only(run, tmp_path):
+    older = sorted((run / "checkpoints").glob("epoch-*.pt"))[0]
+    evaluation = evaluate(older, tmp_path / "eval-epoch-1.json")
+    with pytest.raises(ReleaseError, match="evaluated epoch 1, step 4; the run's checkpoint is epoch 2, step 8"):
+        write_release(run, tmp_path / "released", eval_path=evaluation, log=lambda line: None)
+    assert not (tmp_path / "released").exists()
+
+    live_g = json.loads(evaluation.read_text())
+    live_g["source"]["weights"] = "G"  # as `python -m training.evaluate --weights G` records it
+    (tmp_path / "eval-live-G.json").write_text(json.dumps(live_g))
+    with pytest.raises(ReleaseError, match="evaluated the G weights; the release holds G_ema"):
+        write_release(run, tmp_path / "released", checkpoint=older, eval_path=tmp_path / "eval-live-G.json", log=lambda line: None)
+
+    outside = shutil.copy(older, tmp_path / "elsewhere.pt")
+    with pytest.raises(ReleaseError, match="is not a checkpoint of the run"):
+        write_release(run, tmp_path / "released", checkpoint=outside, log=lambda line: None)
+
+    assert release.main(["--run", str(run), "--checkpoint", str(older), "--eval", str(evaluation), "--out", str(tmp_path / "released")]) == 0
+    state, card = load_checkpoint(tmp_path / "released" / WEIGHTS_NAME), (tmp_path / "released" / CARD_NAME).read_text()
+    assert state["epoch"] == 1 and state["release"]["source_sha256"] == release.sha256_file(older)
+    assert state["release"]["source_run"].endswith("tiny-run") and "| epochs | 1 (of 2 planned) |" in card
+    assert "\n| 1 | " in card and "\n| 2 | " not in card  # the run's metrics up to the released epoch
+
+
+@pytest.fixture(scope="module")
+def fresh_clone_repository(released, tmp_path_factory) -> tuple[Path, int, str]:
+    """A model repository as a fresh clone has it (the tracked config.pbtxt, no version), after
+    `make serve`'s first command (in this process: the CLI's exit codes are tested below): (repository,
+    exit code, what it printed)."""
+    repository = tmp_path_factory.mktemp("fresh-clone") / "model_repository"
+    (repository / MODEL_NAME).mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "model_repository" / MODEL_NAME / "config.pbtxt", repository / MODEL_NAME / "config.pbtxt")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = release.main(["--publish-if-empty", "--out", str(released), "--repository", str(repository), "--no-fp16"])
+    return repository, code, printed.getvalue()
+
+
+def test_publish_if_empty_publishes_once_through_the_real_export(released, fresh_clone_repository, capsys):
+    from training.evaluate import faces_from_version
+
+    repository, code, printed = fresh_clone_repository
+    assert code == 0
+    line = printed.strip()
+    assert line.splitlines() == [line] and "had no version: published the released generator" in line and "(2 epochs, " in line
+    model_dir = repository / MODEL_NAME
+    assert versions(model_dir) == [1]
+    metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
+    assert metadata["parity"]["onnx"]["passed"] and metadata["source"]["sha256"] == release.sha256_file(released / WEIGHTS_NAME)
+
+    # ONNX Runtime on the published generator.onnx draws the release's faces (within one uint8 level).
+    served, _, _ = faces_from_version(model_dir, 16, 16, progress=False)
+    expected = faces(generator_from_checkpoint(load_checkpoint(released / WEIGHTS_NAME)), np.arange(16))
+    assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1
+
+    assert release.main(["--publish-if-empty", "--out", str(released), "--repository", str(repository)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.splitlines() == [line] and "serving version 1" in line and "not published" in line
+    assert versions(model_dir) == [1]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_or_missing_release_is_one_line_and_exit_2(released, tmp_path, damage):
+    out = tmp_path / "released"
+    out.mkdir()
+    if damage == "truncated":
+        data = (released / WEIGHTS_NAME).read_bytes()
+        (out / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    result = cli("--publish-if-empty", "--out", str(out), "--repository", str(tmp_path / "repo"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("release: error: ")
+    assert ("truncated or not a PyTorch checkpoint" if damage == "truncated" else "there is no released generator") in result.stderr
+    assert versions(tmp_path / "repo" / MODEL_NAME) == []
+
+
+def test_make_serve_publishes_before_it_serves():
+    result = subprocess.run(["make", "-n", "serve", "MODEL_REPOSITORY=some/repo"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    lines = [line for line in result.stdout.splitlines() if "-m export.release" in line or "-m serving" in line]
+    assert "-m export.release --publish-if-empty --repository some/repo" in lines[0]
+    assert "-m serving --model-repository some/repo" in lines[1]
+
+
+def test_a_fresh_clone_serves_the_released_generator(fresh_clone_repository, tmp_path):
+    """As `make serve` on a fresh clone: published on first use, then Triton answers seeds over gRPC
+    with the published generator's faces."""
+    from clients.generate import request_faces
+    from serving.launcher import TritonServer, free_ports
+    from training.evaluate import faces_from_version
+
+    repository, code, _ = fresh_clone_repository
+    assert code == 0
+    grpc_port, http_port, metrics_port = free_ports(3)
+    with TritonServer(repository, grpc_port, http_port, metrics_port, log_path=tmp_path / "tritonserver.log",
+                      cache_mib=0, poll_seconds=0) as server:  # started on entry, stopped on exit
+        images = request_faces(server.grpc_url, np.arange(8))
+    onnx_faces, _, _ = faces_from_version(repository / MODEL_NAME, 8, 8, progress=False)
+    assert np.array_equal(images, onnx_faces)
+
+
+def test_the_demo_shows_the_released_generator_beside_its_run(run, released, tmp_path, capsys):
+    """clients/demo.py's released stage: the release exported as the server would load it, its faces for the
+    demo's seeds (ONNX Runtime) beside the demo run's grid."""
+    from clients.demo import SEED_COUNT, Stages, released_stage
+    from training.images import save_png
+
+    out = tmp_path / "demo"
+    save_png(out / "faces.png", image_grid(faces(generator_from_checkpoint(load_checkpoint(run / LATEST)), np.arange(SEED_COUNT))))
+    path = released_stage(Stages(total=7), sys.executable, run, out, released / WEIGHTS_NAME)
+    assert path == out / "side_by_side.png" and Image.open(path).size[0] > 2 * Image.open(out / "faces.png").size[0]
+    assert "=== [1/7] released" in capsys.readouterr().out
+    assert versions(out / "released_repository" / MODEL_NAME) == [1]
