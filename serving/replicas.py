@@ -136,8 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM/SIGINT. A BaseException, as KeyboardInterrupt is: start-up polls the server with
+    `suppress(Exception)`, which must not swallow a stop that arrives while it waits."""
 
 
 def _raise_stop(signum, frame):

@@ -306,3 +306,43 @@ def test_negative_cache_or_poll_is_a_one_line_error(tmp_path, flag):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cache size and poll interval must be >= 0")
+
+
+def test_sigterm_during_start_up_stops_the_launcher(published_version, tmp_path):
+    """A stop that arrives while the launcher still polls for readiness (a pod deleted as it starts, or a
+    slow machine where the client sees "ready" first) ends it: it once swallowed the signal and served on."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(published_version.version_dir.parent, repository / MODEL)
+    ports = free_ports(3)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(repository), "--grpc-port", str(ports[0]),
+         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "tritonserver.log")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(_parent(int(p.name)) == launcher.pid and "tritonserver" in _cmdline(int(p.name))
+                      for p in Path("/proc").iterdir() if p.name.isdigit()):
+            assert launcher.poll() is None and time.monotonic() < deadline, "tritonserver never started"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)  # tritonserver runs; the launcher is waiting for it to be ready
+        output, _ = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert "Ctrl-C to stop" not in output and "Stopping Triton" in output, output
+    assert launcher.returncode == 0, output
+
+
+@pytest.mark.parametrize("module", ["serving.__main__", "serving.replicas"])
+def test_a_stop_is_not_swallowed_by_start_up_polling(module):
+    """The race above, made deterministic: start-up polls Triton inside `suppress(Exception)`, and the
+    signal handler raises the stop wherever the launcher is, so the stop must not be an Exception."""
+    import contextlib
+    import importlib
+
+    stop = importlib.import_module(module)._Stop
+    with pytest.raises(stop):
+        with contextlib.suppress(Exception):
+            raise stop(signal.SIGTERM)
