@@ -232,21 +232,31 @@ def test_new_export_is_served_without_restart_under_load(ops_server):
 # ---------------------------------------------------------------- crash clean-up
 
 
-def test_sigkill_under_load_cleans_up_and_restarts_on_the_same_ports(published_version, tmp_path):
+def launch_serving(published_version, tmp_path, stderr=subprocess.PIPE) -> tuple[subprocess.Popen, list[int]]:
+    """`python -m serving` on a copy of the published version, on free ports: (launcher, ports)."""
     repository = tmp_path / "model_repository"
     shutil.copytree(published_version.version_dir.parent, repository / MODEL)
     ports = free_ports(3)
     launcher = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(repository), "--grpc-port", str(ports[0]),
          "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "tritonserver.log")],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
     )
+    return launcher, ports
+
+
+def tritonserver_children(launcher: subprocess.Popen) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _parent(int(p.name)) == launcher.pid and "tritonserver" in _cmdline(int(p.name))]
+
+
+def test_sigkill_under_load_cleans_up_and_restarts_on_the_same_ports(published_version, tmp_path):
+    launcher, ports = launch_serving(published_version, tmp_path)
     try:
         for line in launcher.stdout:
             if line.startswith("Ctrl-C to stop"):
                 break
-        server_pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                          and _parent(int(p.name)) == launcher.pid and "tritonserver" in _cmdline(int(p.name)))
+        server_pid = tritonserver_children(launcher)[0]
         prefix = _cmdline(server_pid).split("shm-region-prefix-name=")[1].split()[0]
         stubs = [pid for pid in group_members(server_pid) if pid != server_pid]
         assert stubs and list(SHM_DIR.glob(f"{prefix}*")), "a serving server has a stub and shared memory"
@@ -274,7 +284,7 @@ def test_sigkill_under_load_cleans_up_and_restarts_on_the_same_ports(published_v
         assert group_members(server_pid) == [], "the dead server's stubs must be ended"
         assert not list(SHM_DIR.glob(f"{prefix}*")), "the dead server's shared memory must be removed"
 
-        with TritonServer(repository, *ports, log_path=tmp_path / "restart.log") as restarted:  # same ports, at once
+        with TritonServer(tmp_path / "model_repository", *ports, log_path=tmp_path / "restart.log") as restarted:  # same ports, at once
             with grpcclient.InferenceServerClient(restarted.grpc_url) as client:
                 assert infer(client, [3]).as_numpy("IMAGE").shape == (1, 64, 64, 3)
             prefix = restarted.shm_prefix
@@ -311,18 +321,10 @@ def test_negative_cache_or_poll_is_a_one_line_error(tmp_path, flag):
 def test_sigterm_during_start_up_stops_the_launcher(published_version, tmp_path):
     """A stop that arrives while the launcher still polls for readiness (a pod deleted as it starts, or a
     slow machine where the client sees "ready" first) ends it: it once swallowed the signal and served on."""
-    repository = tmp_path / "model_repository"
-    shutil.copytree(published_version.version_dir.parent, repository / MODEL)
-    ports = free_ports(3)
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(repository), "--grpc-port", str(ports[0]),
-         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "tritonserver.log")],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    launcher, _ = launch_serving(published_version, tmp_path, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while not any(_parent(int(p.name)) == launcher.pid and "tritonserver" in _cmdline(int(p.name))
-                      for p in Path("/proc").iterdir() if p.name.isdigit()):
+        while not tritonserver_children(launcher):
             assert launcher.poll() is None and time.monotonic() < deadline, "tritonserver never started"
             time.sleep(0.05)
         launcher.send_signal(signal.SIGTERM)  # tritonserver runs; the launcher is waiting for it to be ready
