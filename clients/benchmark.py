@@ -8,6 +8,7 @@ Method (the same as perf_analyzer's, so the two can be compared):
   start at Poisson arrival times at rate R req/s whatever the server does; latency counts from
   the *scheduled* start, so a slow server cannot hide its queueing (no coordinated omission).
 - Each request asks for B distinct seeds (a global counter), so the server computes every face.
+- Each request carries its deadline (--timeout) as the `deadline_unix_ms` parameter (clients.endpoints).
 - After --warmup seconds, measurement windows are repeated until the last three agree (max/min
   of throughput and of mean latency within 1 + --stability) or --max-windows; figures are over
   those last windows. A request belongs to the window in which it completes. A window lasts
@@ -58,7 +59,7 @@ import tritonclient.grpc.aio as aioclient
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
-from clients.endpoints import EndpointPool, channel_args, endpoints_argument
+from clients.endpoints import EndpointPool, channel_args, deadline_parameters, endpoints_argument
 from clients.generate import DEFAULT_URL, MODEL, TritonClientError, max_batch_size, seed_inputs
 from serving.python_backend.engines import DEFAULT_ORT_THREADS, ort_session_options
 from training.constants import Z_DIM
@@ -203,7 +204,7 @@ async def run_config(config: LoadConfig, pool: EndpointPool, clients: dict, stat
         status = ""
         try:
             await pool.acall(lambda endpoint: next(client_cycles[endpoint.url]).infer(
-                model, inputs, outputs=outputs, client_timeout=args.timeout))
+                model, inputs, outputs=outputs, client_timeout=args.timeout, parameters=deadline_parameters(args.timeout)))
         except TritonClientError as error:
             status = error.status or str(error)
         end = time.perf_counter()
@@ -309,6 +310,67 @@ async def run_config(config: LoadConfig, pool: EndpointPool, clients: dict, stat
         "server": server_breakdown(first.server, last.server),
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Lone requests: one client, one seed, one request at a time (issue 19)
+
+
+LONE_REQUESTS = 300  # sequential one-seed requests of the lone-request check
+LONE_LIMIT_MS = 250  # a lone request takes ~1-2 ms; Triton's batcher stall (config.pbtxt) is ~500 ms
+
+
+def sequential_latencies(url: str, model: str = MODEL, count: int = LONE_REQUESTS, first_seed: int = 0,
+                         timeout: float = 10.0) -> np.ndarray:
+    """Milliseconds of `count` one-seed requests sent one after another, each as soon as the last answered.
+
+    A bare gRPC stub with one prepared request (only the seed bytes change), so the client turns
+    around as fast as perf_analyzer's: the batcher stall this looks for needs the next request to
+    arrive while the instance is still returning from the last one.
+    """
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    seed = request.inputs.add(name="SEED", datatype="INT64")
+    seed.shape.extend([1, 1])
+    request.outputs.add(name="IMAGE")
+    request.raw_input_contents.append(b"")
+    latencies = []
+    with grpc.insecure_channel(url, options=channel_args()) as channel:
+        infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        for index in range(count):
+            request.raw_input_contents[0] = np.int64(first_seed + index).tobytes()  # a new face each time
+            start = time.perf_counter()
+            infer(request, timeout=timeout)
+            latencies.append(time.perf_counter() - start)
+    return np.asarray(latencies) * 1e3
+
+
+def lone_request_report(url: str, model: str, results: list[dict], raw: list[dict], first_seed: int) -> dict:
+    """The lone-request figures: LONE_REQUESTS sequential requests, and the sweep's b1 c1 against raw b1."""
+    latencies = sequential_latencies(url, model, LONE_REQUESTS, first_seed)
+    report = {"requests": len(latencies), "p50_ms": float(np.median(latencies)), "p99_ms": float(np.percentile(latencies, 99)),
+              "max_ms": float(latencies.max()), "over_limit": int((latencies > LONE_LIMIT_MS).sum()), "limit_ms": LONE_LIMIT_MS}
+    c1 = next((r for r in results if r["batch_size"] == 1 and r["mode"] == "concurrency" and r["concurrency"] == 1), None)
+    raw_b1 = next((r for r in raw if r["batch_size"] == 1), None)
+    if c1:
+        report["c1_p99_ms"] = c1["p99_ms"]
+        report["c1_cache_lookups"] = c1["server"]["cache_hits"] + c1["server"]["cache_misses"]
+        if raw_b1:
+            report["c1_served_vs_raw"] = c1["images_per_s"] / raw_b1["images_per_s"]
+    return report
+
+
+def format_lone(report: dict) -> str:
+    lines = [f"lone requests ({report['requests']} sequential, one seed each): p50 {report['p50_ms']:.2f} ms, "
+             f"p99 {report['p99_ms']:.2f} ms, max {report['max_ms']:.1f} ms, {report['over_limit']} over {report['limit_ms']} ms"]
+    if "c1_p99_ms" in report:
+        ratio = f", served/raw {report['c1_served_vs_raw']:.2f}" if "c1_served_vs_raw" in report else ""
+        cache = (f" (response cache on: {report['c1_cache_lookups']} lookups; `make serve CACHE_MIB=0` for cache-off figures)"
+                 if report["c1_cache_lookups"] else " (cache off)")
+        lines.append(f"batch 1, concurrency 1: p99 {report['c1_p99_ms']:.2f} ms{ratio}{cache}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,6 +700,9 @@ def benchmark(args, pool: EndpointPool) -> int:
                 raw.append(measure_raw(session, batch_size, threads, args, seeds, bar))
                 del session
     ratios = served_vs_raw(results, raw)
+    # The stall of issue 19 hid behind concurrency >= 16 and the cache: a lone client, fresh seeds.
+    lone = lone_request_report(pool.live()[0].url, args.model, results, raw, int(seeds.take(LONE_REQUESTS)[0])) \
+        if 1 in args.batch_sizes and pool.live() else None
 
     report = {
         "tool": "clients.benchmark",
@@ -653,6 +718,7 @@ def benchmark(args, pool: EndpointPool) -> int:
         "results": results,
         "raw": {"onnx": str(engine[0]), "ort_threads": threads, "results": raw} if engine else None,
         "served_vs_raw": ratios,
+        "lone_requests": lone,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     write_csv(args.out / "results.csv", results)
@@ -663,6 +729,8 @@ def benchmark(args, pool: EndpointPool) -> int:
         print(f"\nserving overhead: served vs in-process ONNX Runtime ({engine[0]}, ort_threads={threads}"
               f"{' = one per core' if threads == 0 else ''}; served = best concurrency)")
         print(format_ratio_table(ratios))
+    if lone:
+        print("\n" + format_lone(lone))
     busy = [r for r in results if r["client_cpu"] > CLIENT_CPU_WARNING]
     if busy:
         print(f"\nwarning: the benchmark process itself used up to {max(r['client_cpu'] for r in busy):.0%} of a core "

@@ -65,7 +65,7 @@ def released_stage(stages: Stages, python: str, run_dir: Path, out: Path, weight
     from clients.endpoints import MODEL
     from export.release import release_summary
     from training.checkpoint import LATEST, load_checkpoint
-    from training.evaluate import faces_from_version
+    from clients.evaluate import faces_from_version
     from training.images import image_grid
 
     repository = out / "released_repository"

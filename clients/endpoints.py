@@ -14,9 +14,9 @@ failed is simply sent again to another live one. What happens depends on the gRP
   thread re-probes down replicas every `probe_interval_s` (server ready, model ready, same model
   versions as the others) and brings them back. A deadline is not re-sent to the replica that
   missed it: with no other replica live it fails (asking a slow server again does not help).
-- A live server refusing load: RESOURCE_EXHAUSTED, or UNAVAILABLE from Triton's queue policy
-  ("Exceeds maximum queue size", "Request timeout expired": model_repository/bamsgan/config.pbtxt
-  bounds the queue). Backed off (backoff_s, doubling each time) and re-sent, never marked down.
+- A live server refusing load: RESOURCE_EXHAUSTED, or UNAVAILABLE from a Triton queue policy
+  ("Exceeds maximum queue size", "Request timeout expired"; this project's config.pbtxt has none
+  since issue 19, a deployment may add one). Backed off (backoff_s, doubling each time) and re-sent, never marked down.
   With retry_busy=False it is the caller's result: a benchmark measures refusals, not hides them.
 - Anything else (INVALID_ARGUMENT, NOT_FOUND, INTERNAL, ...): fails at once, one line.
 
@@ -53,7 +53,16 @@ DOWN, BUSY, FATAL = "down", "busy", "fatal"
 DOWN_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 BUSY_STATUSES = ("StatusCode.RESOURCE_EXHAUSTED",)
 # Triton's queue policy (REJECT) answers UNAVAILABLE with these: the server is up, its queue is full.
-QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired")
+# The last is the model's own refusal of a request whose deadline passed while it queued (issue 19).
+QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired", "deadline passed while queued")
+# Request parameter: when the client stops waiting (Unix time, ms), so the model can skip a request
+# nobody waits for any more instead of computing it (Triton computes requests whose clients left).
+DEADLINE_PARAMETER = "deadline_unix_ms"
+
+
+def deadline_parameters(timeout: float | None) -> dict[str, int]:
+    """Request parameters carrying the deadline of a request sent now with `timeout` seconds ({} for none)."""
+    return {} if timeout is None else {DEADLINE_PARAMETER: int((time.time() + timeout) * 1000)}
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")  # worth retrying on one server
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]+)$")
@@ -264,7 +273,7 @@ class EndpointPool:
         InferenceServerException when it cannot answer; TritonClientError when it answers but
         does not serve the model (a misconfigured replica: never skipped silently).
         """
-        timeout = self.probe_timeout_s if self.timeout is None else min(self.probe_timeout_s, self.timeout)
+        timeout = self.probe_timeout()
         client = endpoint.client
         try:
             config = client.get_model_config(self.model, as_json=True, client_timeout=timeout)["config"]
@@ -274,6 +283,10 @@ class EndpointPool:
             raise
         versions = client.get_model_metadata(self.model, as_json=True, client_timeout=timeout).get("versions", [])
         return config, sorted(versions, key=int)
+
+    def probe_timeout(self) -> float:
+        """A probe's deadline: probe_timeout_s, or the request timeout when that is shorter."""
+        return self.probe_timeout_s if self.timeout is None else min(self.probe_timeout_s, self.timeout)
 
     def _try_inspect(self, endpoint: Endpoint):
         try:
@@ -324,7 +337,7 @@ class EndpointPool:
 
     def _probe_error(self, error: InferenceServerException, url: str) -> str:
         if str(error.status()) == "StatusCode.DEADLINE_EXCEEDED":
-            return f"Triton at {url} did not answer a health probe within {self.probe_timeout_s:g} s (DEADLINE_EXCEEDED)"
+            return f"Triton at {url} did not answer a health probe within {self.probe_timeout():g} s (DEADLINE_EXCEEDED)"
         return describe_error(error, url, self.timeout)
 
     # -- state ----------------------------------------------------------------------------------

@@ -352,13 +352,13 @@ def serving_missing() -> str | None:
     from serving.launcher import LaunchError, find_tritonserver, prepare_python_backend
 
     if module_missing("tritonclient"):
-        return "tritonclient is not installed (pip install 'tritonclient[grpc]==2.41.0')"
+        return "tritonclient is not installed (pip install -r requirements.txt)"
     try:
         prepare_python_backend(find_tritonserver())
     except LaunchError as error:
         return str(error)
     if int(numpy.__version__.split(".")[0]) >= 2:
-        return f"numpy {numpy.__version__}: Triton 2.41's Python backend needs numpy < 2 (requirements.txt)"
+        return f"numpy {numpy.__version__}: Triton's Python backend (2.41-2.51) needs numpy < 2 (requirements.txt)"
     return None
 
 

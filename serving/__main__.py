@@ -34,7 +34,7 @@ def add_server_options(parser: argparse.ArgumentParser, port_help: str = "defaul
     parser.add_argument("--poll-seconds", type=int, default=launcher.DEFAULT_POLL_SECONDS,
                         help="rescan the repository for new exports every N s, 0 = never (default: %(default)s)")
     parser.add_argument("--http-inference", action="store_true",
-                        help="also serve inference over HTTP (unguarded: Triton 2.41 allocates a request's declared "
+                        help="also serve inference over HTTP (unguarded: Triton 2.41 and 2.51 allocate a request's declared "
                              "shape before checking it; trusted networks only). Default: HTTP serves health/metadata only")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the models to load")
 

@@ -6,7 +6,7 @@ For NVIDIA's Triton container, whose native onnxruntime / tensorrt_plan backends
 generator without Python in the loop. The repository serves the same client contract as
 model_repository/ (model `bamsgan`: SEED, optional TRUNCATION -> IMAGE), as an ensemble:
 
-    bamsgan_latents   (python)            SEED, TRUNCATION -> LATENT   model.py + latents.py + metadata.json
+    bamsgan_latents   (python)            SEED, TRUNCATION[, SEED_B, MIX] -> LATENT   model.py + latents.py + metadata.json
     bamsgan_generator (onnxruntime_onnx)  latent -> image              model.onnx (+ model.plan when exported)
     bamsgan           (ensemble)          wires them; an empty version directory
 

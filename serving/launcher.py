@@ -22,8 +22,8 @@ definition of the server's flags that `make serve`, the tests and Kubernetes man
   `poll_seconds` and loads a newly exported version beside the serving one, then retires the old
   one (config.pbtxt's version_policy); export renames a finished version into place, so a scan
   never sees half a version. `poll_seconds=0`: model control none (a restart picks up exports).
-- Guarded HTTP: Triton 2.41's HTTP frontend allocates a request's declared input shape before it
-  checks it (a 150-byte request declaring [1, 1e9] costs 4 GB and 20 s), so by default the HTTP
+- Guarded HTTP: Triton's HTTP frontend (2.41, still 2.51) allocates a request's declared input shape
+  before it checks it (a 150-byte request declaring [1, 1e9] costs 4 GB and 20 s), so by default the HTTP
   port serves health, metadata, config and statistics only; inference, model loading and shared
   memory over HTTP are refused at once (403) unless `http_inference=True` (trusted networks only).
   gRPC, which checks shapes first, serves inference. Health probes: HTTP GET /v2/health/live and
@@ -36,6 +36,7 @@ definition of the server's flags that `make serve`, the tests and Kubernetes man
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -61,6 +62,7 @@ DEFAULT_RESPONSE_CACHE_MIB = 256  # one cached 64x64x3 image is ~12 KiB: ~20k si
 DEFAULT_POLL_SECONDS = 5  # repository rescan interval for new exports; 0 = model control none
 HTTP_GUARDED_APIS = "inference,model-repository,shared-memory"  # refused over HTTP unless opened
 SHM_DIR = Path("/dev/shm")
+GRPC_STARTUP_ABORT = "Check failed: wakeup_fd_->ConsumeWakeup().ok()"  # see TritonServer.start
 
 
 class LaunchError(RuntimeError):
@@ -108,8 +110,11 @@ def prepare_python_backend(binary: Path, cache_dir: Path = DEFAULT_CACHE_DIR) ->
     if not stub.is_file():
         available = ", ".join(sorted(p.name for p in stubs.iterdir() if p.is_dir()))
         raise LaunchError(f"the pip tritonserver has no Python backend stub for Python {version} (it has {available})")
+    # One folder per wheel and Python: two environments (say Triton 2.41 and 2.51) must never
+    # re-point each other's links while a server of the other is loading its backend.
+    wheel_id = hashlib.sha256(str(server_dir.resolve()).encode()).hexdigest()[:10]
     try:
-        return _link_backend(cache_dir / f"py{version}", wheel_python, stub)
+        return _link_backend(cache_dir / f"py{version}-{wheel_id}", wheel_python, stub)
     except OSError:  # read-only checkout: use a private temporary folder instead
         return _link_backend(Path(tempfile.mkdtemp(prefix="bamsgan-triton-backends-")), wheel_python, stub)
 
@@ -326,12 +331,33 @@ class TritonServer:
         if self.log_path is None:  # one per port: a port serves one server at a time
             self.log_path = Path(tempfile.gettempdir()) / f"bamsgan-tritonserver-{self.grpc_port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            self._launch(binary, backend_dir, append=attempt > 1)
+            try:
+                self.wait_ready(timeout)
+                break
+            except LaunchError:
+                # Triton 2.51's gRPC core now and then aborts while starting (about 1 start in 60
+                # here: "ev_epoll1_linux.cc ... Check failed: wakeup_fd_->ConsumeWakeup().ok()").
+                # Only that abort is started again, once; everything else is the user's to fix.
+                aborted = GRPC_STARTUP_ABORT in self.log_tail(40)
+                self.stop()
+                if attempt == 2 or not aborted:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def _launch(self, binary: Path, backend_dir: Path | None, append: bool = False) -> None:
+        """Start tritonserver in its own session, its output into the log file."""
         try:
-            log = open(self.log_path, "wb")
+            log = open(self.log_path, "ab" if append else "wb")
         except PermissionError:  # someone else's file in a shared /tmp
             handle, name = tempfile.mkstemp(prefix=f"bamsgan-tritonserver-{self.grpc_port}-", suffix=".log")
             log, self.log_path = os.fdopen(handle, "wb"), Path(name)
-        started = time.perf_counter()
         with log:
             self.process = subprocess.Popen(
                 self.command(binary, backend_dir),
@@ -342,13 +368,6 @@ class TritonServer:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us; we forward it once
                 preexec_fn=_kill_with_parent,
             )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll until the server and every model of the repository are ready over gRPC, and the

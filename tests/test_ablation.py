@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.ablation import LATEST, main, read_jsonl, seed_rows, stop_epochs
+from training.ablation import LATEST, final_table, main, plot_metrics, ranked, read_jsonl, seed_rows, stop_epochs
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.config import TrainConfig
 from training.constants import Z_DIM
@@ -67,7 +67,8 @@ def test_every_variant_trained_alike_and_reported(study):
         metrics = read_jsonl(study / variant / "metrics.jsonl")
         assert list(metrics) == [1, 2] and all(record["n"] == 16 for record in metrics.values())
         swd = metrics[2]["metrics"]["swd"]
-        assert f"| {variant} | 2 | n/a | n/a | {swd['value']:.4g} ± {swd['uncertainty']:.2g} |" in report  # no Inception weights here
+        # fid, kid, precision, recall: n/a at 16 faces (FID needs 100), so the rows keep the study's order
+        assert f"| {variant} | 2 | n/a | n/a | n/a | n/a | {swd['value']:.4g} ± {swd['uncertainty']:.2g} |" in report
         swds = [metrics[epoch]["metrics"]["swd"]["value"] for epoch in (1, 2)]  # the mean over the last 2 epochs
         assert f"| {variant} | 1–2 (2) | {np.mean(swds):.4g} ± {np.std(swds, ddof=1):.2g} |" in report
         assert results["variants"][variant]["metrics"]["2"] == metrics[2]["metrics"]
@@ -82,6 +83,7 @@ def test_every_variant_trained_alike_and_reported(study):
     assert Image.open(study / "metrics.png").size[0] > 400
     assert Image.open(study / "grid.png").size[1] >= 2 * 2 * 64  # two rows at two screen pixels per image pixel
     assert "![" in report and "(metrics.png)" in report and "(grid.png)" in report
+    assert "No FID on record" in report and "too few for FID" in report
     assert json.loads((study / "study.json").read_text())["epochs"] == 2
 
 
@@ -160,3 +162,21 @@ def test_other_options_and_bad_input_are_refused(study, tmp_path, capsys):
     with pytest.raises(SystemExit, match="is not an ablation study"):
         main(["--out", str(fresh), "--report-only"])
     assert not fresh.exists()
+
+
+def test_variants_are_ranked_by_fid_and_metrics_png_plots_it(tmp_path):
+    def run(fids):  # a run's metrics.jsonl records by epoch, as collect() reads them
+        metrics = {epoch: {"metrics": {"fid": {"value": fid, "uncertainty": 1.0}, "swd": {"value": 10.0, "uncertainty": 0.5}}}
+                   for epoch, fid in enumerate(fids, 1)}
+        return {"metrics": metrics, "images_per_s": 100.0, "wall_seconds": 60.0}
+
+    runs = {"bamsgan": run([90.0, 80.0]), "sagan": run([95.0, 60.0]), "dcgan": {"metrics": {}, "images_per_s": None, "wall_seconds": 0},
+            "blur": run([70.0, None])}
+    assert list(ranked(runs)) == ["sagan", "bamsgan", "dcgan", "blur"]  # by the last epoch's FID; none: last, in study order
+    rows = final_table(runs, ["fid", "swd"])[2:]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["sagan", "bamsgan", "dcgan", "blur"]
+    assert rows[0].startswith("| sagan | 2 | 60 ± 1 |")
+    from PIL import Image
+
+    path = plot_metrics({name: runs[name] for name in ("bamsgan", "sagan")}, ["fid"], tmp_path / "metrics.png")
+    assert path is not None and Image.open(path).size[0] > 300

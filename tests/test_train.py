@@ -195,6 +195,17 @@ def test_metrics_every_epoch_and_d_logits_per_part(tmp_path, monkeypatch):
     assert "D_memory" not in stats[0] and np.isfinite(stats[1]["D_memory"])  # memory is replayed from epoch 2
     assert not list(run.glob(".*.partial"))
 
+    # TensorBoard shows the same metrics (those with a value) at the same steps, each once after the resume.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    board.Reload()
+    for name, entry in records[0]["metrics"].items():
+        if entry["value"] is not None:
+            logged = board.Scalars(f"Metrics/{name}")
+            assert [e.step for e in logged] == [r["step"] for r in records], name
+            assert [e.value for e in logged] == pytest.approx([r["metrics"][name]["value"] for r in records]), name
+
     with pytest.raises(SystemExit, match="error: no face detector file at"):
         main(args[:-1] + [str(tmp_path / "other"), "--detector", str(tmp_path / "no-such.xml")])
     assert not (tmp_path / "other" / "options.json").exists()

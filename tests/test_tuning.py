@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from training.config import ABLATIONS, PAPER_ABLATIONS, TUNING_LADDER, TrainConfig, parse_args
+from training.config import ABLATIONS, CANDIDATES, PAPER_ABLATIONS, TUNING_LADDER, TrainConfig, parse_args
 from training.constants import Z_DIM
 from training.images import from_uint8_nchw
 from training.networks import Generator
@@ -246,6 +246,48 @@ def test_with_standing_statistics_g_ema_keeps_its_own_buffers(tmp_path):
     assert (trainer.epoch, trainer.train_seconds) == (2, 3.5) and not trainer.G_ema.training
 
 
+# -- the EMA half-life ------------------------------------------------------------------------------
+
+
+def test_the_default_ema_ramps_to_a_fixed_decay_per_step(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    for step, decay in ((0, 0.1), (90, 0.91), (100_000, 0.999)):
+        trainer.step_count = step
+        assert trainer.ema_decay() == pytest.approx(decay)
+
+
+def test_stylegan_ema_halves_every_ema_kimg_images_after_a_rampup(tmp_path):
+    trainer = tiny_trainer(tmp_path, ema_kimg=10.0, ema_rampup=0.05, batch_size=32)
+    trainer.step_count = 0
+    assert trainer.ema_decay() == 0.0  # nothing seen yet: G-EMA starts as G
+    trainer.step_count = 1000  # 32,000 images seen: the ramp caps the half-life at 0.05 x 32,000 = 1,600 images
+    assert trainer.ema_decay() ** (1600 / 32) == pytest.approx(0.5)
+    trainer.step_count = 100_000  # past the ramp: 10 kimg
+    assert trainer.ema_decay() ** (10_000 / 32) == pytest.approx(0.5)
+    no_ramp = tiny_trainer(tmp_path, ema_kimg=10.0, batch_size=64)
+    no_ramp.step_count = 0
+    assert no_ramp.ema_decay() ** (10_000 / 64) == pytest.approx(0.5)  # the same half-life in images at another batch
+
+
+def test_a_step_moves_g_ema_by_the_decay(tmp_path):
+    trainer = tiny_trainer(tmp_path, ema_kimg=0.05, ema_rampup=None)
+    trainer.step_count = 5
+    before = [p.clone() for p in trainer.G_ema.parameters()]
+    trainer.step(torch.arange(16))
+    decay = 0.5 ** (16 / 50)
+    for ema, old, live in zip(trainer.G_ema.parameters(), before, trainer.G.parameters()):
+        assert torch.allclose(ema, decay * old + (1 - decay) * live, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, words", [(["--ema-kimg", "0"], "ema_kimg and ema_rampup must be positive"),
+                                          (["--ema-rampup", "-1"], "ema_kimg and ema_rampup must be positive"),
+                                          (["--ema-decay", "1"], "ema_decay must be in [0, 1)")])
+def test_bad_ema_options_are_refused_in_one_line(flags, words, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert words in capsys.readouterr().err
+
+
 # -- the time budget -------------------------------------------------------------------------------
 
 
@@ -285,7 +327,18 @@ def test_the_study_trains_the_papers_ablations_by_default():
 
     args, train_args = study_args([])
     assert study_options(args, train_args, None)["variants"] == list(PAPER_ABLATIONS)
-    assert ABLATIONS == {**PAPER_ABLATIONS, **TUNING_LADDER} and len(ABLATIONS) == len(PAPER_ABLATIONS) + len(TUNING_LADDER)
+    assert ABLATIONS == {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES}
+    assert len(ABLATIONS) == len(PAPER_ABLATIONS) + len(TUNING_LADDER) + len(CANDIDATES)
+
+
+def test_each_candidate_is_one_change_to_bamsgan_or_sagan():
+    defaults = dataclasses.asdict(TrainConfig())
+    for name, change in CANDIDATES.items():
+        base = "sagan" if name.startswith("sagan-") else "bamsgan"
+        expected = {**defaults, **PAPER_ABLATIONS[base], **change}
+        assert dataclasses.asdict(parse_args(["--ablation", name])[0]) == expected, name
+        changed = {field for field in change if PAPER_ABLATIONS[base].get(field, defaults[field]) != change[field]}
+        assert changed and (len(changed) == 1 or changed == {"ema_kimg", "ema_rampup"}), name  # StyleGAN's EMA: one change of two fields
 
 
 def test_every_ladder_step_is_a_trainer_ablation():

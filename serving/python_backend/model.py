@@ -10,6 +10,11 @@ seeds of the valid requests are concatenated, mapped to latents in one vectorise
 through the engine at once (chunked only beyond the engine's batch limit). A request with bad
 input gets its own error response; the others in the same batch still get their images.
 
+Walks: with the optional inputs SEED_B (INT64 [1]) and MIX (FP32 [1] in [0, 1]), item i is the
+point MIX[i] of the walk from SEED[i] to SEED_B[i] (latents.seed_pairs_to_latents: slerp of the
+two seeds' latents), so any gRPC client gets walk frames by sending seeds, and the answer stays a
+pure function of the request (deterministic, cacheable). Both or neither must be sent.
+
 The same file also serves the ensemble's first step (serving/ensemble_repository/bamsgan_latents):
 when config.pbtxt declares the output LATENT instead of IMAGE it stops after the latents.
 
@@ -24,6 +29,7 @@ available; otherwise ONNX Runtime on CPU. config.pbtxt parameters:
 import importlib.util
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -39,6 +45,15 @@ def _error(message, code="INVALID_ARG"):
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+# Request parameter a client may send: when it stops waiting (Unix time, ms). clients/endpoints.py's
+# DEADLINE_PARAMETER (a test checks the two agree; this file is copied into versions and imports
+# nothing from the project). Triton itself keeps computing requests whose clients have left, so
+# under overload the model refuses, without computing, a request that cannot finish before its
+# deadline: goodput stays near capacity instead of falling to work nobody waits for.
+DEADLINE_PARAMETER = "deadline_unix_ms"
+DEADLINE_REFUSAL = "deadline passed while queued: the server is overloaded, retry later"
+
+
 def _load_module(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -51,7 +66,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.latents = _load_module("bamsgan_latents_" + args["model_version"], os.path.join(version_dir, "latents.py"))
-        self.has_truncation = any(item["name"] == "TRUNCATION" for item in config["input"])
+        input_names = {item["name"] for item in config["input"]}
+        self.has_truncation = "TRUNCATION" in input_names
+        self.has_walk = {"SEED_B", "MIX"} <= input_names  # a config without them serves faces only
+        self.last_execute_ms = 0.0  # how long the last batch took: the estimate of a queued request's run time
         self.output_name = config["output"][0]["name"]  # IMAGE, or LATENT for the ensemble's first step
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
@@ -117,8 +135,19 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"bamsgan: ONNX Runtime {os.path.basename(onnx)} with {engine.providers}")
         return engine
 
+    def _cannot_finish_in_time(self, request, now):
+        """True when the request's client deadline (optional parameter) falls before a batch could end."""
+        try:
+            deadline_ms = json.loads(request.parameters() or "{}").get(DEADLINE_PARAMETER)
+        except ValueError:
+            return False
+        if not isinstance(deadline_ms, (int, float)) or isinstance(deadline_ms, bool):
+            return False
+        return now * 1000 + self.last_execute_ms > deadline_ms
+
     def _read_request(self, request):
-        """(seeds int64 [n], truncation float64 [n] or None) of one request; ValueError if invalid."""
+        """(seeds int64 [n], truncation float64 [n] or None, walk (seeds_b, mix) or None) of one
+        request; ValueError if invalid."""
         seed_tensor = pb_utils.get_input_tensor_by_name(request, "SEED")
         if seed_tensor is None:
             raise ValueError("SEED is required")
@@ -135,20 +164,42 @@ class TritonPythonModel:
         if seeds.min() < 0:
             raise ValueError(f"SEED must be non-negative, got {int(seeds.min())}")
 
-        truncation_tensor = pb_utils.get_input_tensor_by_name(request, "TRUNCATION") if self.has_truncation else None
-        if truncation_tensor is None:
-            return seeds, None
-        truncation = truncation_tensor.as_numpy()
-        if truncation.dtype != np.float32:
-            raise ValueError(f"TRUNCATION must be FP32, got {truncation.dtype}")
-        if truncation.shape != (seeds.shape[0], 1):
-            raise ValueError(f"TRUNCATION must have the shape of SEED, [{seeds.shape[0]}, 1], got {list(truncation.shape)}")
-        truncation = truncation[:, 0].astype(np.float64)
-        if np.isnan(truncation).any():
-            raise ValueError("TRUNCATION must not be NaN")
-        if (truncation <= 0).any():
-            raise ValueError(f"TRUNCATION must be positive (or omitted for none), got {float(truncation.min())}")
-        return seeds, truncation
+        truncation = self._read_per_item(request, "TRUNCATION", np.float32, len(seeds)) if self.has_truncation else None
+        if truncation is not None:
+            if np.isnan(truncation).any():
+                raise ValueError("TRUNCATION must not be NaN")
+            if (truncation <= 0).any():
+                raise ValueError(f"TRUNCATION must be positive (or omitted for none), got {float(truncation.min())}")
+        return seeds, truncation, self._read_walk(request, len(seeds))
+
+    def _read_per_item(self, request, name, dtype, count):
+        """Optional input `name`: float64/int64 [count] (its own dtype checked), or None if absent."""
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        values = tensor.as_numpy()
+        if values.dtype != dtype:
+            raise ValueError(f"{name} must be {'FP32' if dtype == np.float32 else 'INT64'}, got {values.dtype}")
+        if values.shape != (count, 1):
+            raise ValueError(f"{name} must have the shape of SEED, [{count}, 1], got {list(values.shape)}")
+        return values[:, 0].astype(np.float64 if dtype == np.float32 else np.int64)
+
+    def _read_walk(self, request, count):
+        """(seeds_b int64 [n], mix float64 [n]) of a walk request, None for plain faces."""
+        if not self.has_walk:
+            return None
+        seeds_b = self._read_per_item(request, "SEED_B", np.int64, count)
+        mix = self._read_per_item(request, "MIX", np.float32, count)
+        if (seeds_b is None) != (mix is None):
+            raise ValueError("SEED_B and MIX go together: send both for a walk (MIX 0 = SEED, 1 = SEED_B) or neither")
+        if seeds_b is None:
+            return None
+        if seeds_b.min() < 0:
+            raise ValueError(f"SEED_B must be non-negative, got {int(seeds_b.min())}")
+        if np.isnan(mix).any() or mix.min() < 0 or mix.max() > 1:
+            bad = mix[np.isnan(mix) | (mix < 0) | (mix > 1)][0]
+            raise ValueError(f"MIX must be between 0 and 1 (0 = SEED, 1 = SEED_B), got {float(bad)}")
+        return seeds_b, mix
 
     def _run_engine(self, latents):
         limit = self.engine.max_batch or len(latents)
@@ -158,28 +209,26 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        valid, seed_parts, truncation_parts = [], [], []
+        valid, seed_parts, truncation_parts, walk_parts = [], [], [], []
+        started = time.time()
         for index, request in enumerate(requests):
+            if self._cannot_finish_in_time(request, started):
+                responses[index] = _error(DEADLINE_REFUSAL, "UNAVAILABLE")
+                continue
             try:
-                seeds, truncation = self._read_request(request)
+                seeds, truncation, walk = self._read_request(request)
             except ValueError as error:
                 responses[index] = _error(str(error))
                 continue
             valid.append((index, len(seeds)))
             seed_parts.append(seeds)
             truncation_parts.append(truncation)
+            walk_parts.append(walk)
         if not valid:
             return responses
 
-        seeds = np.concatenate(seed_parts)
-        truncation = None
-        if any(part is not None for part in truncation_parts):
-            # Per item; inf (no truncation) for requests that sent none.
-            truncation = np.concatenate(
-                [np.full(len(s), np.inf) if t is None else t for s, t in zip(seed_parts, truncation_parts)]
-            )
         try:
-            outputs = self.latents.seeds_to_latents(seeds, self.z_dim, truncation)
+            outputs = self._latents(seed_parts, truncation_parts, walk_parts)
             if self.engine is not None:
                 outputs = self._run_engine(outputs)
         except Exception as error:  # engine failure: every request of this batch learns why
@@ -187,6 +236,7 @@ class TritonPythonModel:
                 responses[index] = _error(f"generation failed: {error}", "INTERNAL")
             return responses
 
+        self.last_execute_ms = (time.time() - started) * 1000
         start = 0
         for index, count in valid:
             responses[index] = pb_utils.InferenceResponse(
@@ -194,6 +244,22 @@ class TritonPythonModel:
             )
             start += count
         return responses
+
+    def _latents(self, seed_parts, truncation_parts, walk_parts):
+        """The latents of every valid request of a batch, in one vectorised call."""
+        seeds = np.concatenate(seed_parts)
+        truncation = None
+        if any(part is not None for part in truncation_parts):
+            # Per item; inf (no truncation) for requests that sent none.
+            truncation = np.concatenate(
+                [np.full(len(s), np.inf) if t is None else t for s, t in zip(seed_parts, truncation_parts)]
+            )
+        if all(walk is None for walk in walk_parts):
+            return self.latents.seeds_to_latents(seeds, self.z_dim, truncation)
+        # Plain requests batched with walks: a walk from the seed to itself is that seed's latent, bit for bit.
+        seeds_b = np.concatenate([s if w is None else w[0] for s, w in zip(seed_parts, walk_parts)])
+        mix = np.concatenate([np.zeros(len(s)) if w is None else w[1] for s, w in zip(seed_parts, walk_parts)])
+        return self.latents.seed_pairs_to_latents(seeds, seeds_b, mix, self.z_dim, truncation)
 
     def finalize(self):
         self.engine = None
