@@ -348,8 +348,16 @@ def sequential_latencies(url: str, model: str = MODEL, count: int = LONE_REQUEST
 
 
 def lone_request_report(url: str, model: str, results: list[dict], raw: list[dict], first_seed: int) -> dict:
-    """The lone-request figures: LONE_REQUESTS sequential requests, and the sweep's b1 c1 against raw b1."""
-    latencies = sequential_latencies(url, model, LONE_REQUESTS, first_seed)
+    """The lone-request figures: LONE_REQUESTS sequential requests, and the sweep's b1 c1 against raw b1.
+
+    A failed call (a replica restarting, a loaded server past the timeout) is reported, not raised:
+    the sweep before it is kept."""
+    import grpc
+
+    try:
+        latencies = sequential_latencies(url, model, LONE_REQUESTS, first_seed)
+    except grpc.RpcError as error:
+        return {"unavailable": f"{error.code().name}: {error.details()}"}
     report = {"requests": len(latencies), "p50_ms": float(np.median(latencies)), "p99_ms": float(np.percentile(latencies, 99)),
               "max_ms": float(latencies.max()), "over_limit": int((latencies > LONE_LIMIT_MS).sum()), "limit_ms": LONE_LIMIT_MS}
     c1 = next((r for r in results if r["batch_size"] == 1 and r["mode"] == "concurrency" and r["concurrency"] == 1), None)
@@ -363,6 +371,8 @@ def lone_request_report(url: str, model: str, results: list[dict], raw: list[dic
 
 
 def format_lone(report: dict) -> str:
+    if "unavailable" in report:
+        return f"lone requests: not measured ({report['unavailable']})"
     lines = [f"lone requests ({report['requests']} sequential, one seed each): p50 {report['p50_ms']:.2f} ms, "
              f"p99 {report['p99_ms']:.2f} ms, max {report['max_ms']:.1f} ms, {report['over_limit']} over {report['limit_ms']} ms"]
     if "c1_p99_ms" in report:

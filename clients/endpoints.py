@@ -54,7 +54,8 @@ DOWN_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 BUSY_STATUSES = ("StatusCode.RESOURCE_EXHAUSTED",)
 # Triton's queue policy (REJECT) answers UNAVAILABLE with these: the server is up, its queue is full.
 # The last is the model's own refusal of a request whose deadline passed while it queued (issue 19).
-QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired", "deadline passed while queued")
+DEADLINE_REFUSAL = "deadline passed while queued"  # the start of model.py's DEADLINE_REFUSAL
+QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired", DEADLINE_REFUSAL)
 # Request parameter: when the client stops waiting (Unix time, ms), so the model can skip a request
 # nobody waits for any more instead of computing it (Triton computes requests whose clients left).
 DEADLINE_PARAMETER = "deadline_unix_ms"
@@ -163,6 +164,9 @@ def status_name(error: InferenceServerException) -> str:
 def describe_error(error: InferenceServerException, url: str, timeout: float | None) -> str:
     """The one-line message for a failed gRPC call."""
     status = status_name(error)
+    if DEADLINE_REFUSAL in (error.message() or ""):
+        within = f" within {timeout:g} s" if timeout else " in time"
+        return f"Triton at {url} is too busy to answer{within} and refused the request uncomputed ({status}); raise --timeout or retry later"
     if queue_refusal(error):
         return f"Triton at {url} refused the request, its queue is full ({status}: {error.message()}); send less at once or retry later"
     if status == "UNAVAILABLE":

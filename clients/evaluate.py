@@ -261,8 +261,9 @@ def check_output(path: Path) -> None:
         if not ours:
             raise EvaluationError(f"{path} exists and is not an earlier evaluation; choose another --out")
     picture = picture_path(path)
-    if picture.exists() and not picture.is_file():
-        raise EvaluationError(f"{picture} exists and is not a file; choose another --out")
+    # The picture beside an earlier evaluation is that evaluation's; any other file there is the user's.
+    if picture.exists() and (not picture.is_file() or not path.exists()):
+        raise EvaluationError(f"{picture} exists and is not an earlier evaluation's picture; choose another --out")
 
 
 def picture_path(out: Path) -> Path:

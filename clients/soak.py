@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.endpoints import deadline_parameters
+
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
 BACKOFF_S, MAX_BACKOFF_S, GIVE_UP_S = 0.05, 1.0, 120.0
 
@@ -89,7 +91,7 @@ class Soak:
         seed_input = self.grpc.InferInput("SEED", [len(seeds), 1], "INT64")
         seed_input.set_data_from_numpy(np.asarray(seeds, dtype=np.int64).reshape(-1, 1))
         return client.infer("bamsgan", [seed_input], outputs=[self.grpc.InferRequestedOutput("IMAGE")],
-                            client_timeout=60).as_numpy("IMAGE")
+                            client_timeout=60, parameters=deadline_parameters(60)).as_numpy("IMAGE")
 
     def request_with_retries(self, client, seeds):
         """Retry what a client should retry (server down or busy) with capped backoff; raise the rest."""

@@ -25,6 +25,7 @@ import base64
 import io
 import logging
 import math
+import re
 import socket
 import sys
 import threading
@@ -53,16 +54,19 @@ log = logging.getLogger("clients.ui")
 # The page's inputs: text from the browser -> values, or ValueError with the line the page shows
 
 
+WHOLE_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+
+
 def parse_seed(text: str | None, name: str = "seed") -> int:
     text = (text or "").strip()
-    if not text.isdigit() or int(text) > MAX_SEED:
+    if not WHOLE_NUMBER.fullmatch(text) or int(text) > MAX_SEED:
         raise ValueError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {text!r}")
     return int(text)
 
 
 def parse_count(text: str | None, name: str, low: int, high: int) -> int:
     text = (text or "").strip()
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not WHOLE_NUMBER.fullmatch(text) or not low <= int(text) <= high:
         raise ValueError(f"{name} must be a whole number from {low} to {high}, got {text!r}")
     return int(text)
 
@@ -76,6 +80,8 @@ def parse_truncation(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"truncation must be a number above 0 (e.g. 0.7), or empty for none, got {text!r}") from None
+    if math.isinf(value):  # inf is no truncation: say so with an empty box (JSON has no inf to echo back)
+        raise ValueError(f"truncation must be a finite number above 0, or empty for none, got {text!r}")
     return float(validate_truncation(value, 1)[0])  # NaN, <= 0: its own message
 
 
@@ -248,6 +254,7 @@ def create_app(explorer: Explorer) -> FastAPI:
 def check_port_free(host: str, port: int) -> None:
     """A clear error now rather than uvicorn's traceback-like log after start-up."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
         try:
             probe.bind((host, port))
         except OSError as error:

@@ -412,9 +412,13 @@ def run_checkpoint(run: Path, checkpoint: Path | None) -> Path:
 
 def copy_memorisation_picture(evaluation: dict | None, staging: Path) -> str | None:
     """The evaluation's memorisation picture, copied into the release as memorisation.png; its name, or None."""
-    source = Path((evaluation or {}).get("memorisation_picture") or "")
-    if not source.name or not source.is_file():
+    named = (evaluation or {}).get("memorisation_picture")
+    if not named:
         return None
+    source = Path(named)
+    if not source.is_file():
+        raise ReleaseError(f"the evaluation names the memorisation picture {source}, which is missing; re-run the evaluation "
+                           "from this folder or release without --eval")
     shutil.copyfile(source, staging / MEMORISATION_NAME)
     return MEMORISATION_NAME
 
@@ -453,6 +457,8 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
         (staging / CARD_NAME).write_text(card + "\n")
         for file_name in ([picture] if picture else []) + list(RELEASE_FILES):
             os.replace(staging / file_name, out / file_name)
+        if picture is None:  # an earlier release's picture would describe another model
+            (out / MEMORISATION_NAME).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"released {checkpoint} (epoch {state['epoch']}, step {state['step']}) into {out}/: {WEIGHTS_NAME} "

@@ -83,7 +83,10 @@ def measure(repository: Path, out: Path, args) -> dict:
             command = [sys.executable, "-m", "clients.benchmark", "--url", server.grpc_url, "--out", str(result_dir),
                        "--batch-sizes", batch_size, "--concurrency", concurrency, "--window", str(args.window),
                        "--warmup", "1", "--max-windows", str(args.max_windows), "--compare-raw", str(repository)]
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise LaunchError(f"clients.benchmark at b{batch_size} c{concurrency} failed (exit {done.returncode}): {last}")
             report = json.loads((result_dir / "results.json").read_text())
             for row in report["results"]:
                 rows[f"b{row['batch_size']} c{row['concurrency']}"] = row
@@ -192,13 +195,29 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or args.repeats < 1:
         parser.error(f"unknown variants {unknown} (choose from {', '.join(VARIANTS)})" if unknown else "need --repeats >= 1")
     try:
-        repository_models(args.model_repository)
+        if MODEL not in repository_models(args.model_repository):
+            raise LaunchError(f"{args.model_repository} has no published {MODEL} version: run make export (or make serve once)")
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model_analyzer:
         return run_model_analyzer(args.model_analyzer, args, names)
+    try:
+        runs = sweep(args, names)
+    except LaunchError as error:  # a server that did not start, a benchmark that failed: one line
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    summaries = {name: summarize(name_runs) for name, name_runs in runs.items()}
+    (args.out / "sweep.json").write_text(json.dumps({"variants": {n: VARIANTS[n] for n in names}, "runs": runs,
+                                                     "summary": summaries}, indent=2))
+    print(format_sweep(summaries, args.repeats))
+    print(f"\nwrote {args.out / 'sweep.json'}")
+    return 0
+
+
+def sweep(args, names: list[str]) -> dict[str, list[dict]]:
+    """Every variant `args.repeats` times, alternating order, each on its own server: {variant: [runs]}."""
     runs: dict[str, list[dict]] = {name: [] for name in names}
     order = [name for repeat in range(args.repeats) for name in (names if repeat % 2 == 0 else names[::-1])]
     with tempfile.TemporaryDirectory(prefix="bamsgan-tune-") as scratch, tqdm(order, desc="sweep", unit="server") as bar:
@@ -206,12 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix_str(name)
             repository = variant_repository(args.model_repository, VARIANTS[name], Path(scratch) / f"{index}" / "model_repository")
             runs[name].append(measure(repository, args.out / f"{index}-{re.sub(r'[^a-z0-9]+', '-', name)}", args))
-    summaries = {name: summarize(name_runs) for name, name_runs in runs.items()}
-    (args.out / "sweep.json").write_text(json.dumps({"variants": {n: VARIANTS[n] for n in names}, "runs": runs,
-                                                     "summary": summaries}, indent=2))
-    print(format_sweep(summaries, args.repeats))
-    print(f"\nwrote {args.out / 'sweep.json'}")
-    return 0
+    return runs
 
 
 if __name__ == "__main__":

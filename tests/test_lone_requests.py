@@ -78,19 +78,20 @@ def test_a_deadline_shorter_than_the_queue_wait_is_deadline_exceeded(triton_serv
     try:
         attempts = []
         while not done.is_set() and len(attempts) < 20:  # 4 x 256 seeds take >> 0.1 s on any CPU; retry if not yet queued
+            out = triton_server.repository.parent / f"never-{len(attempts)}.png"  # an early success may write its own
             code = generate.main(["--url", triton_server.grpc_url, "--seeds", "7", "--timeout", "0.1", "--retries", "0",
-                                  "--out", str(triton_server.repository.parent / "never.png")])
-            attempts.append((code, capsys.readouterr()))
+                                  "--out", str(out)])
+            attempts.append((code, capsys.readouterr(), out))
             if code != 0:
                 break
     finally:
         wait_and_close(busy, done)
-    code, (out, err) = attempts[-1]
+    code, (_, err), out = attempts[-1]
     assert code == 1, attempts
     lines = err.strip().splitlines()
     assert lines[-1] == (f"error: Triton at {triton_server.grpc_url} did not answer within 0.1 s (DEADLINE_EXCEEDED); "
                          f"raise --timeout"), err
-    assert not (triton_server.repository.parent / "never.png").exists()
+    assert not out.exists()
     # The server keeps serving: the same seed at once, with an ordinary deadline.
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
         result = client.infer("bamsgan", generate.seed_inputs(np.array([7])), client_timeout=60)
@@ -135,5 +136,8 @@ def test_client_and_model_name_the_deadline_parameter_alike():
     # model.py is copied into versions and imports nothing from the project: its copy of the name is checked here.
     from clients.endpoints import DEADLINE_PARAMETER
 
+    from clients.endpoints import DEADLINE_REFUSAL
+
     model_py = (REPO_ROOT / "serving" / "python_backend" / "model.py").read_text()
     assert f'DEADLINE_PARAMETER = "{DEADLINE_PARAMETER}"' in model_py
+    assert f'DEADLINE_REFUSAL = "{DEADLINE_REFUSAL}' in model_py  # the client recognises the refusal by its start

@@ -128,6 +128,8 @@ BAD_INPUT = {
     # name: (route, params, words the one-line message must contain)
     "seed-not-a-number": ("/api/faces", {"start": "abc", "count": "4"}, "start seed must be a whole number from 0 to"),
     "seed-negative": ("/api/faces", {"start": "-1", "count": "4"}, "got '-1'"),
+    "seed-superscript-digit": ("/api/faces", {"start": "\u00b2", "count": "4"}, "start seed must be a whole number from 0 to"),
+    "truncation-inf": ("/api/faces", {"start": "0", "count": "2", "truncation": "inf"}, "truncation must be a finite number above 0"),
     "seed-over-int64": ("/api/faces", {"start": str(MAX_SEED + 1), "count": "1"}, f"from 0 to {MAX_SEED}"),
     "seed-empty": ("/api/faces", {"start": "", "count": "4"}, "start seed must be a whole number"),
     "grid-past-the-last-seed": ("/api/faces", {"start": str(MAX_SEED), "count": "2"}, "runs past the largest seed"),
@@ -262,6 +264,8 @@ def pixels(page, selector: str) -> np.ndarray:
 def test_the_page_in_chromium(page, triton_server, tmp_path):
     from playwright.sync_api import expect
 
+    # The first grid (shown on load) is in before the form changes.
+    page.wait_for_selector("#grid[aria-busy='false'] img")
     # Browse: a grid from a start seed, with truncation; the face's pixels are the gRPC client's bytes.
     page.fill("#start", "40")
     page.fill("#count", "6")

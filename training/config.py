@@ -105,7 +105,9 @@ class TrainConfig:
 
     # Face-quality metrics of G-EMA during training (training/metrics.py), appended to metrics.jsonl
     metrics_every: int = 0  # epochs; 0 = off. When on, the last epoch is always evaluated
-    metrics_count: int = 1000  # fakes (seeds 0..N-1) and reals per evaluation: affordable on CPU
+    # Fakes (seeds 0..N-1) and reals per evaluation. With FID (>= 100) each evaluation runs N Inception
+    # passes: ~2-3 min at N = 1000 on 2 CPU cores (reals cached); seconds on a GPU.
+    metrics_count: int = 1000
     metrics_data: str | None = None  # real images for the metrics (a --data source); default: the training data
     detector: str | None = None  # face-detector cascade; default: training.metrics.find_detector()
     inception_weights: str | None = None  # FID/KID weights; default: training.metrics.find_inception_weights()

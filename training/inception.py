@@ -183,15 +183,24 @@ def _onnx_session(module: torch.jit.ScriptModule, expected: np.ndarray, path: Pa
     if not onnx_path.is_file():
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.partial")
-        with warnings.catch_warnings():  # the TorchScript exporter is the one that takes a ScriptModule; it warns so
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (probe_image(),), str(partial), input_names=["image"], output_names=["features"],
-                              dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False)
+        try:
+            with warnings.catch_warnings():  # the TorchScript exporter is the one that takes a ScriptModule; it warns so
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (probe_image(),), str(partial), input_names=["image"], output_names=["features"],
+                                  dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False)
+        except Exception as error:
+            partial.unlink(missing_ok=True)
+            raise InceptionError(f"cannot export {path} to ONNX ({type(error).__name__}: {error}); use --inception-backend torch") from None
         os.replace(partial, onnx_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"image": probe_image().numpy()})
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"image": probe_image().numpy()})
+    except Exception as error:  # a damaged cache file: dropped, so the next run exports it again
+        onnx_path.unlink(missing_ok=True)
+        raise InceptionError(f"the cached ONNX export {onnx_path} does not run ({type(error).__name__}); "
+                             "it was removed: run again, or use --inception-backend torch") from None
     error = float(np.abs(got - expected).max() / np.abs(expected).max())
     if not error <= PARITY_TOLERANCE:
         onnx_path.unlink(missing_ok=True)

@@ -84,15 +84,21 @@ def validate_seeds(seeds) -> np.ndarray:
     return array
 
 
-def validate_truncation(truncation, batch: int) -> np.ndarray:
-    """Per-item truncation thresholds, float64 [batch]; inf means no truncation."""
-    values = np.asarray(truncation, dtype=np.float64).reshape(-1)
+def _per_item(values, batch: int, name: str) -> np.ndarray:
+    """float64 [batch] from one value per seed or a single value for all; ValueError if NaN or miscounted."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size == 1 and batch != 1:
         values = np.full(batch, values[0])
     if values.size != batch:
-        raise ValueError(f"truncation needs one value per seed or a single value, got {values.size} for {batch} seeds")
+        raise ValueError(f"{name} needs one value per seed or a single value, got {values.size} for {batch} seeds")
     if np.isnan(values).any():
-        raise ValueError("truncation must not be NaN")
+        raise ValueError(f"{name} must not be NaN")
+    return values
+
+
+def validate_truncation(truncation, batch: int) -> np.ndarray:
+    """Per-item truncation thresholds, float64 [batch]; inf means no truncation."""
+    values = _per_item(truncation, batch, "truncation")
     if (values <= 0).any():
         raise ValueError(f"truncation must be positive, got {float(values.min())}")
     return values
@@ -129,13 +135,7 @@ def seeds_to_latents(seeds, dim: int, truncation=None) -> np.ndarray:
 
 def validate_mix(mix, batch: int) -> np.ndarray:
     """Walk positions, float64 [batch], each in [0, 1] (0 = seed A, 1 = seed B)."""
-    values = np.asarray(mix, dtype=np.float64).reshape(-1)
-    if values.size == 1 and batch != 1:
-        values = np.full(batch, values[0])
-    if values.size != batch:
-        raise ValueError(f"mix needs one value per seed or a single value, got {values.size} for {batch} seeds")
-    if np.isnan(values).any():
-        raise ValueError("mix must not be NaN")
+    values = _per_item(mix, batch, "mix")
     if values.size and (values.min() < 0 or values.max() > 1):
         bad = values[(values < 0) | (values > 1)][0]
         raise ValueError(f"mix must be between 0 and 1, got {float(bad)}")

@@ -4,6 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const walk = { frames: [], index: 0, timer: null, fps: 12 };  // fps: the explorer's, with each walk
+// The newest request of each kind: an older answer arriving after a newer one is dropped, so
+// what the page shows always matches its inputs.
+const latest = { grid: 0, walk: 0 };
 
 function showMessage(text) {
   const box = $("message");
@@ -32,16 +35,18 @@ function gridParams() {
 async function showGrid() {
   const params = gridParams();
   const grid = $("grid");
+  const ticket = ++latest.grid;
   grid.setAttribute("aria-busy", "true");
   try {
     const body = await api("/api/faces", params);
+    if (ticket !== latest.grid) return;
     grid.replaceChildren(...body.seeds.map((seed, i) => faceFigure(seed, body.images[i])));
     $("download-grid").href = "/api/grid.png?" + new URLSearchParams(params);
     showMessage("");
   } catch (error) {
-    showMessage(error.message);
+    if (ticket === latest.grid) showMessage(error.message);
   } finally {
-    grid.setAttribute("aria-busy", "false");
+    if (ticket === latest.grid) grid.setAttribute("aria-busy", "false");
     refreshServer();
   }
 }
@@ -71,9 +76,11 @@ function look(seed, src) {
 
 async function runWalk() {
   const params = { a: $("walk-a").value, b: $("walk-b").value, frames: $("walk-frames").value, truncation: $("truncation").value };
+  const ticket = ++latest.walk;
   $("walk").disabled = true;
   try {
     const body = await api("/api/walk", params);
+    if (ticket !== latest.walk) return;
     walk.frames = body.frames;
     walk.fps = body.fps;
     walk.index = 0;
@@ -85,9 +92,9 @@ async function runWalk() {
     play(true);
     showMessage("");
   } catch (error) {
-    showMessage(error.message);
+    if (ticket === latest.walk) showMessage(error.message);
   } finally {
-    $("walk").disabled = false;
+    if (ticket === latest.walk) $("walk").disabled = false;
     refreshServer();
   }
 }

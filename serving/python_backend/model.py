@@ -69,7 +69,7 @@ class TritonPythonModel:
         input_names = {item["name"] for item in config["input"]}
         self.has_truncation = "TRUNCATION" in input_names
         self.has_walk = {"SEED_B", "MIX"} <= input_names  # a config without them serves faces only
-        self.last_execute_ms = 0.0  # how long the last batch took: the estimate of a queued request's run time
+        self.ms_per_item = 0.0  # the last computed batch's time per face: the estimate of this batch's run time
         self.output_name = config["output"][0]["name"]  # IMAGE, or LATENT for the ensemble's first step
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
@@ -135,15 +135,16 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"bamsgan: ONNX Runtime {os.path.basename(onnx)} with {engine.providers}")
         return engine
 
-    def _cannot_finish_in_time(self, request, now):
-        """True when the request's client deadline (optional parameter) falls before a batch could end."""
+    @staticmethod
+    def _deadline_ms(request):
+        """The client's deadline (optional request parameter, Unix ms), or None."""
         try:
             deadline_ms = json.loads(request.parameters() or "{}").get(DEADLINE_PARAMETER)
         except ValueError:
-            return False
+            return None
         if not isinstance(deadline_ms, (int, float)) or isinstance(deadline_ms, bool):
-            return False
-        return now * 1000 + self.last_execute_ms > deadline_ms
+            return None
+        return deadline_ms
 
     def _read_request(self, request):
         """(seeds int64 [n], truncation float64 [n] or None, walk (seeds_b, mix) or None) of one
@@ -209,23 +210,28 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        valid, seed_parts, truncation_parts, walk_parts = [], [], [], []
         started = time.time()
+        parts = []  # (index, seeds, truncation, walk, deadline_ms) of each well-formed request
         for index, request in enumerate(requests):
-            if self._cannot_finish_in_time(request, started):
-                responses[index] = _error(DEADLINE_REFUSAL, "UNAVAILABLE")
-                continue
             try:
-                seeds, truncation, walk = self._read_request(request)
+                parts.append((index, *self._read_request(request), self._deadline_ms(request)))
             except ValueError as error:
                 responses[index] = _error(str(error))
-                continue
-            valid.append((index, len(seeds)))
-            seed_parts.append(seeds)
-            truncation_parts.append(truncation)
-            walk_parts.append(walk)
-        if not valid:
+        # This batch ends about ms_per_item x its faces from now; a request whose client stops
+        # waiting before then is refused uncomputed (a lone request is never refused unless its
+        # deadline is shorter than its own run time).
+        expected_end_ms = started * 1000 + self.ms_per_item * sum(len(part[1]) for part in parts)
+        in_time = []
+        for part in parts:
+            if part[4] is not None and part[4] < expected_end_ms:
+                responses[part[0]] = _error(DEADLINE_REFUSAL, "UNAVAILABLE")
+            else:
+                in_time.append(part)
+        parts = in_time
+        if not parts:
             return responses
+        valid = [(index, len(seeds)) for index, seeds, *_ in parts]
+        seed_parts, truncation_parts, walk_parts = ([part[i] for part in parts] for i in (1, 2, 3))
 
         try:
             outputs = self._latents(seed_parts, truncation_parts, walk_parts)
@@ -236,7 +242,7 @@ class TritonPythonModel:
                 responses[index] = _error(f"generation failed: {error}", "INTERNAL")
             return responses
 
-        self.last_execute_ms = (time.time() - started) * 1000
+        self.ms_per_item = (time.time() - started) * 1000 / len(outputs)
         start = 0
         for index, count in valid:
             responses[index] = pb_utils.InferenceResponse(

@@ -1,7 +1,6 @@
 #!/bin/bash
 # images/s of one full training step, c=16, 1 thread: BaMSGAN (memory replayed), SAGAN, BaMSGAN + DiffAugment, alternated
-cd /work/main
-while pgrep -f width/bench.sh > /dev/null; do sleep 5; done
+cd "$(dirname "$0")/../../.."  # the repository root; data from ../shared/data
 for round in 1 2 3; do
   for v in "bamsgan" "sagan" "diffaugment"; do
     .venv/bin/python -m training.train --bench 4 --ablation $v --threads 1 --batch-size 32 --no-tensorboard | tail -1 | sed "s/^/round $round $v /"

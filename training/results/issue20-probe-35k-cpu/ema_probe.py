@@ -7,8 +7,10 @@ and the trainer's own G-EMA (ema_decay 0.999) are scored with 1,000 faces agains
 usage: python ema_probe.py VARIANT SEED OUT.jsonl DEADLINE_EPOCH_SECONDS [EVERY]
 """
 import copy, json, sys, time, types
+from pathlib import Path
+
 import torch
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root (run from there: data paths are relative)
 from training.config import TrainConfig, PAPER_ABLATIONS
 from training.train import Trainer, load_data, standing_statistics
 from training.dataset import load_images
@@ -17,10 +19,10 @@ from training import metrics
 variant, seed, out, deadline = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 every = int(sys.argv[5]) if len(sys.argv) > 5 else 300
 torch.set_num_threads(1)
-config = TrainConfig(data="/work/shared/data/anime-faces-64/shard-00[0-6].tar", seed=seed, threads=1,
+config = TrainConfig(data="../shared/data/anime-faces-64/shard-00[0-6].tar", seed=seed, threads=1,
                      memory_fill_epoch=1, memory_replay_epoch=1, tensorboard=False, **PAPER_ABLATIONS[variant])
 images, blurred = load_data(config)
-held = load_images("/work/shared/data/anime-faces-64/shard-00[78].tar")
+held = load_images("../shared/data/anime-faces-64/shard-00[78].tar")
 reals = held.pixels[torch.arange(1000) * len(held) // 1000].permute(0, 2, 3, 1).numpy()
 trainer = Trainer(config, images.pixels, blurred, torch.device("cpu"))
 extra = {"ema-10kimg-r0.05": dict(ema_kimg=10.0, ema_rampup=0.05), "ema-5kimg-r0.05": dict(ema_kimg=5.0, ema_rampup=0.05),

@@ -3,8 +3,10 @@ the same N against the same held-out faces (the first N of shard-007/008; issue 
 real-vs-real floor at N = 1,000: 23.1).
 usage: fid.py N OUT.jsonl NAME=CHECKPOINT or NAME=PROBE_STATE.pt:NET ..."""
 import json, sys, time
+from pathlib import Path
+
 import torch
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root (run from there: data paths are relative)
 from training import metrics
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.constants import Z_DIM
@@ -12,7 +14,7 @@ from training.dataset import load_images
 from training.networks import Generator
 
 n, out = int(sys.argv[1]), sys.argv[2]
-held = load_images("/work/shared/data/anime-faces-64/shard-00[78].tar", progress=False)
+held = load_images("../shared/data/anime-faces-64/shard-00[78].tar", progress=False)
 pix = held.pixels.permute(0, 2, 3, 1).numpy()
 reals = pix[:n]
 weights = metrics.find_inception_weights()
