@@ -52,6 +52,7 @@ PROBE_TIMEOUT_S = 5.0  # per probe call: a dead replica must not hold up the liv
 DOWN, BUSY, FATAL = "down", "busy", "fatal"
 DOWN_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 BUSY_STATUSES = ("StatusCode.RESOURCE_EXHAUSTED",)
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")  # worth retrying on one server
 # Triton's queue policy (REJECT) answers UNAVAILABLE with these: the server is up, its queue is full.
 # The last is the model's own refusal of a request whose deadline passed while it queued (issue 19).
 DEADLINE_REFUSAL = "deadline passed while queued"  # the start of model.py's DEADLINE_REFUSAL
@@ -64,7 +65,7 @@ DEADLINE_PARAMETER = "deadline_unix_ms"
 def deadline_parameters(timeout: float | None) -> dict[str, int]:
     """Request parameters carrying the deadline of a request sent now with `timeout` seconds ({} for none)."""
     return {} if timeout is None else {DEADLINE_PARAMETER: int((time.time() + timeout) * 1000)}
-RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")  # worth retrying on one server
+
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]+)$")
 

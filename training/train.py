@@ -450,7 +450,7 @@ def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
     }
 
 
-def resumed_config(config: TrainConfig, run_dir: Path, world: World, resume_epochs: int | None,
+def resumed_config(run_dir: Path, world: World, resume_epochs: int | None,
                    resume_minutes: float | None, log) -> tuple[TrainConfig, dict]:
     """The saved run's own config (to `resume_epochs` / `resume_minutes` when given) and its checkpoint."""
     # On CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the device.
@@ -553,7 +553,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     check_run_dir(run_dir, resume)
     state = None
     if resume:
-        config, state = resumed_config(config, run_dir, world, resume_epochs, resume_minutes, log)
+        config, state = resumed_config(run_dir, world, resume_epochs, resume_minutes, log)
     check_batch_split(config.batch_size, world)
     # The run's own thread count (it changes float sums), shared by the processes on this machine.
     torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
