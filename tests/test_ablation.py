@@ -180,3 +180,58 @@ def test_variants_are_ranked_by_fid_and_metrics_png_plots_it(tmp_path):
 
     path = plot_metrics({name: runs[name] for name in ("bamsgan", "sagan")}, ["fid"], tmp_path / "metrics.png")
     assert path is not None and Image.open(path).size[0] > 300
+
+
+def test_seed_study_reports_mean_and_spread_across_real_studies(study, tmp_path):
+    """training.seed_study over two real studies that differ only by --seed: tables, verdict and plot."""
+    from training import seed_study
+
+    second = tmp_path / "seed1"
+    main(study_argv(second, "--seed", "1"))
+    seed_study.main([str(study), str(second), "--out", str(tmp_path / "seeds")])
+    report = (tmp_path / "seeds" / "seeds.md").read_text()
+    figures = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
+    assert [s["seed"] for s in figures["studies"]] == [0, 1]
+    finals = [read_jsonl(path / "bamsgan" / "metrics.jsonl")[2]["metrics"]["swd"]["value"] for path in (study, second)]
+    row = next(line for line in report.splitlines() if line.startswith("| bamsgan | "))
+    swd_column = seed_study.TABLE_METRICS.index("swd") + 4  # variant, kimg, img/s, then the metrics
+    assert row.split(" | ")[swd_column] == f"{np.mean(finals):.4g} ± {np.std(finals, ddof=1):.2g}"
+    assert "## Verdict" in report and "bamsgan" in report.split("## Verdict")[1]
+    assert Image.open(tmp_path / "seeds" / "seeds.png").size[0] > 300
+
+
+def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp_path, capsys):
+    from training import seed_study
+
+    other = tmp_path / "other"
+    shutil.copytree(study, other)
+    options = json.loads((other / "study.json").read_text())
+    (other / "study.json").write_text(json.dumps({**options, "seed": 7, "metrics_count": 99}))
+    with pytest.raises(SystemExit, match="differs from .* in more than the seed: metrics_count"):
+        seed_study.main([str(study), str(other), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="repeat a seed"):
+        seed_study.main([str(study), str(study), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="not an ablation study"):
+        seed_study.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing written when the inputs are refused
+
+
+def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
+    from training.seed_study import verdict
+
+    def study(seed, fids):
+        return {"seed": seed, "variants": {v: {1: {"kimg": 10.0, "fid": fid}} for v, fid in fids.items()}}
+
+    apart = [study(s, {"bamsgan": 50 + s, "sagan": 80 + s}) for s in range(3)]
+    assert "bamsgan is better, beyond the seeds' spread" in verdict(apart, ["bamsgan", "sagan"])[0]
+    overlapping = [study(s, {"bamsgan": 50 + 10 * s, "sagan": 55 + 10 * s}) for s in range(3)]
+    assert "not separated" in verdict(overlapping, ["bamsgan", "sagan"])[0]
+
+
+def test_a_study_ended_by_its_time_budget_says_so_not_unfinished(cache, tmp_path):
+    out = tmp_path / "budget"
+    main(study_argv(out, "--minutes", "0.0001"))  # the budget is spent after the first epoch
+    report = (out / "ablation.md").read_text()
+    assert all(max(read_jsonl(out / variant / "stats.jsonl")) == 1 for variant in VARIANTS)
+    assert "**Ended by the time budget**" in report and "bamsgan after 1 epochs" in report
+    assert "Unfinished" not in report

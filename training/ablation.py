@@ -265,10 +265,13 @@ def collect(study_dir: Path, options: dict) -> dict[str, dict]:
     for variant in options["variants"]:
         run_dir = study_dir / variant
         stats = read_jsonl(run_dir / "stats.jsonl")
+        minutes = json.loads((run_dir / "options.json").read_text()).get("minutes") if (run_dir / "options.json").is_file() else None
+        train_seconds = sum(s["seconds"] for s in stats.values())
         runs[variant] = {"metrics": read_jsonl(run_dir / "metrics.jsonl"), "stats": stats,
                          "epochs_done": max(stats, default=0),
+                         "budget_spent": minutes is not None and train_seconds >= 60 * minutes,  # --minutes ended it
                          "images_per_s": float(np.median([s["images_per_s"] for s in stats.values()])) if stats else None,
-                         "train_seconds": round(sum(s["seconds"] for s in stats.values()), 1),
+                         "train_seconds": round(train_seconds, 1),
                          "wall_seconds": round(sum(t["seconds"] for t in timings if t["variant"] == variant), 1)}
     return runs
 
@@ -490,7 +493,7 @@ def write_report(study_dir: Path, options: dict) -> Path:
     replay = replay_start(options)
     plot = plot_metrics(runs, names, study_dir / "metrics.png", replay)
     grid = seed_grid(study_dir, options["variants"], options["grid_seeds"], study_dir / "grid.png")
-    unfinished = [v for v, run in runs.items() if run["epochs_done"] < options["epochs"]]
+    unfinished = [v for v, run in runs.items() if run["epochs_done"] < options["epochs"] and not run["budget_spent"]]
     count = options["metrics_count"]
     real_set = options["metrics_data"] or options["data"] + " (the training data)"
     lines = [
@@ -509,6 +512,10 @@ def write_report(study_dir: Path, options: dict) -> Path:
     if unfinished:
         progress = ", ".join(f"{variant} ({runs[variant]['epochs_done']}/{options['epochs']} epochs)" for variant in unfinished)
         lines += [f"**Unfinished:** {progress}; the same command continues the study.", ""]
+    budgeted = [variant for variant, run in runs.items() if run["budget_spent"]]
+    if budgeted:
+        ended = ", ".join(f"{v} after {runs[v]['epochs_done']} epochs ({runs[v]['train_seconds'] / 60:.1f} min)" for v in budgeted)
+        lines += [f"**Ended by the time budget** (--minutes, training time only): {ended}.", ""]
     ranking = ("Rows are ranked by FID at the last scored epoch, best first." if any(math.isfinite(final_fid(run)) for run in runs.values())
                else "No FID on record, so rows keep the study's order (FID needs metrics_count >= 100).")
     lines += ["## Every metric at the last scored epoch", "", ranking, "", *final_table(runs, names), ""]

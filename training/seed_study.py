@@ -1,0 +1,233 @@
+"""One ablation study repeated over seeds: each metric as the mean ± sd across seeds.
+
+    python -m training.seed_study runs/equal-seed0 runs/equal-seed1 runs/equal-seed2 --out training/results/equal-3seeds
+
+Each argument is a folder written by `python -m training.ablation` (same variants and flags, only
+--seed differs). A GAN's result moves with its seed by more than one evaluation's own uncertainty,
+so a comparison between variants is only drawn from the spread across seeds (issue 20: at least 3).
+
+Writes into --out: seeds.md (the tables below), seeds.json (every figure), seeds.png (metrics against
+kimg, one line per seed, a colour per variant). The tables:
+- each metric at each run's last scored epoch, and at the last epoch every run reached (equal
+  images): mean ± sd across seeds, with the training minutes; the seeds' own values of FID;
+- the paper's Table 1 shape: DR (1 - detector ratio) per scored epoch, mean ± sd across seeds;
+- whether the ranking metric (FID) got worse over the second half of each run, per seed;
+- the verdict: the first variant against each other, on FID, separated only when the difference of
+  the means exceeds the sum of their standard deviations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from training.ablation import RANKING_METRIC, STUDY_FILE, distortion, read_jsonl
+from training.metrics import METRIC_NAMES
+
+LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
+TABLE_METRICS = ("fid", "kid", "precision", "recall", "swd", "sharpness", "diversity", "dr")
+
+
+def load_study(study_dir: Path) -> dict:
+    """{"seed", "variants": {variant: {epoch: {"kimg", "train_min", metric: value}}}, "images_per_s": {variant: median}}."""
+    options_path = study_dir / STUDY_FILE
+    if not options_path.is_file():
+        raise SystemExit(f"error: {study_dir} is not an ablation study (no {STUDY_FILE})")
+    options = json.loads(options_path.read_text())
+    variants, speeds = {}, {}
+    for variant in options["variants"]:
+        records = read_jsonl(study_dir / variant / "metrics.jsonl")
+        stats = read_jsonl(study_dir / variant / "stats.jsonl")
+        # Training minutes up to each epoch: a --minutes budget ends a run at the end of the epoch that
+        # spends it, so runs of one budget differ by up to an epoch; the tables show the minutes.
+        minutes = dict(zip(sorted(stats), np.cumsum([stats[e]["seconds"] for e in sorted(stats)]) / 60))
+        variants[variant] = {epoch: {"kimg": record["kimg"], "train_min": minutes.get(epoch), **metric_values(record["metrics"])}
+                             for epoch, record in records.items()}
+        speeds[variant] = float(np.median([s["images_per_s"] for s in stats.values()])) if stats else None
+    return {"dir": str(study_dir), "seed": options["seed"], "options": options, "variants": variants, "images_per_s": speeds}
+
+
+def metric_values(entries: dict) -> dict:
+    """{metric: value or None} of one scored epoch, with DR (1 - detector ratio) as "dr"."""
+    values = {name: entries.get(name, {}).get("value") for name in METRIC_NAMES if name in entries}
+    dr = distortion(entries.get("detector"))
+    values["dr"] = None if dr is None else dr.get("value")
+    return values
+
+
+def check_comparable(studies: list[dict]) -> None:
+    """Same variants and flags in every study, distinct seeds: otherwise the spread is not the seeds'."""
+    def flags(study: dict) -> dict:
+        return {k: v for k, v in study["options"].items() if k not in ("seed", "command", "started")}
+
+    first = flags(studies[0])
+    for study in studies[1:]:
+        differing = sorted(k for k in set(first) | set(flags(study)) if first.get(k) != flags(study).get(k))
+        if differing:
+            raise SystemExit(f"error: {study['dir']} differs from {studies[0]['dir']} in more than the seed: {', '.join(differing)}")
+    seeds = [study["seed"] for study in studies]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: the studies repeat a seed ({seeds}): each must have its own")
+
+
+def at_epoch(study: dict, variant: str, epoch: int | None = None) -> dict:
+    """The scored epoch `epoch` of a run (default its last), {} when it has none."""
+    runs = study["variants"][variant]
+    if epoch is not None:
+        return runs.get(epoch, {})
+    return runs[max(runs)] if runs else {}
+
+
+def common_epoch(studies: list[dict], variants: list[str]) -> int | None:
+    """The last epoch every run scored: equal images for every variant and seed."""
+    lasts = [max(study["variants"][variant], default=0) for study in studies for variant in variants]
+    return min(lasts) or None
+
+
+def mean_sd(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}" if len(values) > 1 else f"{values[0]:.4g}"
+
+
+def final_table(studies: list[dict], variants: list[str], epoch: int | None = None) -> list[str]:
+    lines = ["| variant | kimg | train min | train img/s | " + " | ".join(TABLE_METRICS) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(TABLE_METRICS)]
+    for variant in variants:
+        finals = [at_epoch(study, variant, epoch) for study in studies]
+        speeds = [study["images_per_s"][variant] for study in studies]
+        lines.append(f"| {variant} | {mean_sd([f.get('kimg') for f in finals])} | {mean_sd([f.get('train_min') for f in finals])} | {mean_sd(speeds)} | "
+                     + " | ".join(mean_sd([f.get(name) for f in finals]) for name in TABLE_METRICS) + " |")
+    return lines
+
+
+def per_seed_table(studies: list[dict], variants: list[str], name: str, epoch: int | None = None) -> list[str]:
+    lines = ["| variant | " + " | ".join(f"seed {study['seed']}" for study in studies) + " |", "|---|" + "---:|" * len(studies)]
+    for variant in variants:
+        cells = [at_epoch(study, variant, epoch).get(name) for study in studies]
+        lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
+    return lines
+
+
+def dr_table(studies: list[dict], variants: list[str]) -> list[str]:
+    """The paper's Table 1 shape: DR per scored epoch (rows), variant (columns), mean ± sd across seeds."""
+    epochs = sorted({epoch for study in studies for variant in variants for epoch in study["variants"][variant]})
+    lines = ["| epoch | " + " | ".join(f"{variant} DR" for variant in variants) + " |", "|---:|" + "---:|" * len(variants)]
+    for epoch in epochs:
+        lines.append(f"| {epoch} | " + " | ".join(
+            mean_sd([study["variants"][variant].get(epoch, {}).get("dr") for study in studies]) for variant in variants) + " |")
+    return lines
+
+
+def second_half_trend(study: dict, variant: str, name: str = RANKING_METRIC) -> float | None:
+    """The metric at the last scored epoch minus its value at the scored epoch nearest half the run's kimg
+    (positive FID: worse over the second half)."""
+    runs = study["variants"][variant]
+    scored = [(r["kimg"], r.get(name)) for _, r in sorted(runs.items()) if r.get(name) is not None]
+    if len(scored) < 2:
+        return None
+    middle = min(scored[:-1], key=lambda kv: abs(kv[0] - scored[-1][0] / 2))
+    return scored[-1][1] - middle[1]
+
+
+def verdict(studies: list[dict], variants: list[str], name: str = RANKING_METRIC, epoch: int | None = None) -> list[str]:
+    """The first variant against each other on `name`: separated when |difference of means| > sd + sd."""
+    lines = []
+    first = [at_epoch(study, variants[0], epoch).get(name) for study in studies]
+    for other in variants[1:]:
+        values = [at_epoch(study, other, epoch).get(name) for study in studies]
+        if None in first or None in values or len(studies) < 2:
+            lines.append(f"- {variants[0]} against {other}: needs {name} from at least 2 seeds of each")
+            continue
+        difference = np.mean(first) - np.mean(values)
+        spread = np.std(first, ddof=1) + np.std(values, ddof=1)
+        better = variants[0] if (difference < 0) == (name in LOWER_IS_BETTER) else other
+        lines.append(f"- {variants[0]} {name} {mean_sd(first)} against {other} {mean_sd(values)}: difference {difference:+.4g}, "
+                     f"sum of the sds {spread:.2g} → " + (f"**{better} is better, beyond the seeds' spread**" if abs(difference) > spread
+                                                          else "**not separated**: the difference is within the seeds' spread"))
+    return lines
+
+
+def plot(studies: list[dict], variants: list[str], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in ("fid", "precision", "sharpness", "diversity", "dr")
+             if any(r.get(name) is not None for s in studies for v in variants for r in s["variants"][v].values())]
+    if not names:
+        return None
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, name in zip(axes[0], names):
+        for colour, variant in zip(colours, variants):
+            for index, study in enumerate(studies):
+                points = [(r["kimg"], r[name]) for _, r in sorted(study["variants"][variant].items()) if r.get(name) is not None]
+                if points:
+                    axis.plot(*zip(*points), color=colour, alpha=0.8, marker="o", markersize=3, linewidth=1,
+                              label=variant if index == 0 else None)
+        axis.set_title(name + (" ↓" if name in LOWER_IS_BETTER else " ↑"))
+        axis.set_xlabel("kimg")
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(f"one line per seed ({', '.join(str(s['seed']) for s in studies)})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write(studies: list[dict], out: Path) -> Path:
+    variants = studies[0]["options"]["variants"]
+    out.mkdir(parents=True, exist_ok=True)
+    picture = plot(studies, variants, out / "seeds.png")
+    options = studies[0]["options"]
+    lines = [f"# {', '.join(variants)} over {len(studies)} seeds", "",
+             "Studies: " + ", ".join(f"`{s['dir']}` (seed {s['seed']})" for s in studies) + ".", "",
+             f"Each: `{options['command']}` with its own --seed. Figures at each run's last scored epoch, "
+             f"{options['metrics_count']} G-EMA faces against as many held-out real faces; ± is the standard deviation "
+             "across seeds (not one evaluation's uncertainty). DR = 1 − detector ratio (lower is better).", "",
+             "## Every metric at the last scored epoch, mean ± sd across seeds", "",
+             "A --minutes budget ends a run at the end of the epoch that spends it, so the train minutes differ a little.", "",
+             *final_table(studies, variants), "",
+             f"## {RANKING_METRIC.upper()} of each seed at its last scored epoch", "", *per_seed_table(studies, variants, RANKING_METRIC), "",
+             "## Verdict at the last scored epoch", "", *verdict(studies, variants), ""]
+    epoch = common_epoch(studies, variants)
+    if epoch is not None:
+        lines += [f"## Every metric at epoch {epoch}, the last that every run reached (equal images), mean ± sd across seeds", "",
+                  *final_table(studies, variants, epoch), "", f"Verdict at epoch {epoch}:", "", *verdict(studies, variants, epoch=epoch), ""]
+    lines += [f"## {RANKING_METRIC.upper()} over the second half of each run (last − at half the kimg; > 0: got worse)", "",
+              *per_seed_trend(studies, variants), "",
+              "## DR per scored epoch, mean ± sd across seeds (the shape of the paper's Table 1)", "", *dr_table(studies, variants), ""]
+    if picture:
+        lines += ["## Metrics against kimg", "", f"![metrics against kimg, one line per seed]({picture.name})", ""]
+    report = out / "seeds.md"
+    report.write_text("\n".join(lines))
+    (out / "seeds.json").write_text(json.dumps({"studies": studies}, indent=1) + "\n")
+    return report
+
+
+def per_seed_trend(studies: list[dict], variants: list[str]) -> list[str]:
+    lines = ["| variant | " + " | ".join(f"seed {study['seed']}" for study in studies) + " |", "|---|" + "---:|" * len(studies)]
+    for variant in variants:
+        cells = [second_half_trend(study, variant) for study in studies]
+        lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{v:+.4g}" for v in cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.seed_study", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+", type=Path, help="ablation study folders, one per seed")
+    parser.add_argument("--out", type=Path, required=True, help="folder for seeds.md, seeds.json, seeds.png")
+    args = parser.parse_args(argv)
+    studies = [load_study(path) for path in args.studies]
+    check_comparable(studies)
+    print(f"report: {write(studies, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
