@@ -177,8 +177,8 @@ CANDIDATES: dict[str, dict] = {
     "blur-10pct": dict(blur_fraction=0.1),  # the paper's share of blurred faces
     "blur-weight-0.5": dict(blur_weight=0.5),
     "memory-weight-0.5": dict(memory_weight=0.5),
-    # The paper's sum: G(z) keeps the weight it has in SAGAN. Averaged, it has 1/3 of D's negatives once
-    # memory replays, while the blurred reals take the largest share of D's loss (issue 20, session 2).
+    # The paper's sum: G(z) keeps the weight it has in SAGAN (averaged, it has 1/3 of D's negatives once
+    # memory replays). Probed on one seed: D settles at -1 on every input, as the tuning ladder's v0 did.
     "negatives-sum": dict(fake_terms="sum"),
     "sagan-ema-10kimg": dict(blur=False, memory=False, **STYLEGAN_EMA),
     "sagan-diffaugment": dict(blur=False, memory=False, augment=DIFF_AUGMENT),
