@@ -324,6 +324,14 @@ def final_table(runs: dict, names: list[str]) -> list[str]:
     return lines
 
 
+def mean_sd(values: list, empty: str = "–") -> str:
+    """'mean ± sd' of the values that are not None (sd across them, ddof 1); one value alone; `empty` for none."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return empty
+    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}" if len(values) > 1 else f"{values[0]:.4g}"
+
+
 def mean_table(runs: dict, names: list[str], epochs: list[int]) -> list[str]:
     """Every metric per variant as the mean over `epochs`, ± the standard deviation across them: the
     epoch-to-epoch wander of a GAN is usually larger than one evaluation's uncertainty."""
@@ -333,9 +341,7 @@ def mean_table(runs: dict, names: list[str], epochs: list[int]) -> list[str]:
         row = []
         for name in names:
             values = [run["metrics"][epoch]["metrics"].get(name, {}).get("value") for epoch in scored]
-            values = [value for value in values if value is not None]
-            row.append(f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}" if len(values) > 1
-                       else f"{values[0]:.4g}" if values else "n/a" if scored else "–")
+            row.append(mean_sd(values, empty="n/a" if scored else "–"))
         span = f"{scored[0]}–{scored[-1]} ({len(scored)})" if scored else "–"
         lines.append(f"| {variant} | {span} | " + " | ".join(row) + " |")
     return lines
@@ -363,9 +369,7 @@ def per_epoch_table(runs: dict, epochs: list[int]) -> list[str]:
         lines.append(f"| {epoch} | " + " | ".join(cell(entry(variant, epoch)) for variant in variants) + " |")
     summary = []
     for variant in variants:
-        values = [e["value"] for e in (entry(variant, epoch) for epoch in epochs) if e and e.get("value") is not None]
-        summary.append(f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}" if len(values) > 1
-                       else f"{values[0]:.4g}" if values else "–")
+        summary.append(mean_sd([e["value"] for e in (entry(variant, epoch) for epoch in epochs) if e]))
     lines.append("| mean ± sd over epochs | " + " | ".join(summary) + " |")
     return lines
 

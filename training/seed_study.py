@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.ablation import RANKING_METRIC, STUDY_FILE, distortion, read_jsonl
+from training.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
 from training.metrics import METRIC_NAMES
 
 LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
@@ -37,17 +37,17 @@ def load_study(study_dir: Path) -> dict:
     if not options_path.is_file():
         raise SystemExit(f"error: {study_dir} is not an ablation study (no {STUDY_FILE})")
     options = json.loads(options_path.read_text())
-    variants, speeds = {}, {}
-    for variant in options["variants"]:
-        records = read_jsonl(study_dir / variant / "metrics.jsonl")
-        stats = read_jsonl(study_dir / variant / "stats.jsonl")
+    runs = collect(study_dir, options)
+    variants = {}
+    for variant, run in runs.items():
         # Training minutes up to each epoch: a --minutes budget ends a run at the end of the epoch that
         # spends it, so runs of one budget differ by up to an epoch; the tables show the minutes.
-        minutes = dict(zip(sorted(stats), np.cumsum([stats[e]["seconds"] for e in sorted(stats)]) / 60))
+        epochs = sorted(run["stats"])
+        minutes = dict(zip(epochs, np.cumsum([run["stats"][e]["seconds"] for e in epochs]) / 60))
         variants[variant] = {epoch: {"kimg": record["kimg"], "train_min": minutes.get(epoch), **metric_values(record["metrics"])}
-                             for epoch, record in records.items()}
-        speeds[variant] = float(np.median([s["images_per_s"] for s in stats.values()])) if stats else None
-    return {"dir": str(study_dir), "seed": options["seed"], "options": options, "variants": variants, "images_per_s": speeds}
+                             for epoch, record in run["metrics"].items()}
+    return {"dir": str(study_dir), "seed": options["seed"], "options": options, "variants": variants,
+            "images_per_s": {variant: run["images_per_s"] for variant, run in runs.items()}}
 
 
 def metric_values(entries: dict) -> dict:
@@ -87,13 +87,6 @@ def common_epoch(studies: list[dict], variants: list[str]) -> int | None:
     return min(lasts) or None
 
 
-def mean_sd(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}" if len(values) > 1 else f"{values[0]:.4g}"
-
-
 def final_table(studies: list[dict], variants: list[str], epoch: int | None = None) -> list[str]:
     lines = ["| variant | kimg | train min | train img/s | " + " | ".join(TABLE_METRICS) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(TABLE_METRICS)]
@@ -105,10 +98,10 @@ def final_table(studies: list[dict], variants: list[str], epoch: int | None = No
     return lines
 
 
-def per_seed_table(studies: list[dict], variants: list[str], name: str, epoch: int | None = None) -> list[str]:
+def per_seed_table(studies: list[dict], variants: list[str], name: str) -> list[str]:
     lines = ["| variant | " + " | ".join(f"seed {study['seed']}" for study in studies) + " |", "|---|" + "---:|" * len(studies)]
     for variant in variants:
-        cells = [at_epoch(study, variant, epoch).get(name) for study in studies]
+        cells = [at_epoch(study, variant).get(name) for study in studies]
         lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
     return lines
 
