@@ -249,9 +249,11 @@ def training_section(state: dict, options: dict | None, run: Path) -> list[str]:
     command = shell_command(info["command"]) if info.get("command") else "not recorded (the run has no options.json)"
     settings = ", ".join(f"{key} {config.get(key)}" for key in
                          ("preset", "batch_size", "loss", "lr_g", "lr_d", "beta1", "beta2", "weight_decay", "blur", "memory", "seed"))
+    resumes = [f"{shell_command(sitting['command'])}  # {sitting.get('started', '')}: from epoch {sitting.get('from_epoch')}"
+               for sitting in info.get("resumes", [])]
     return [
         "## Training", "",
-        "```bash", command, "```", "",
+        "```bash", command, *resumes, "```", "",
         "| | |", "|---|---|",
         f"| epochs | {state['epoch']} (of {config.get('epochs')} planned{', time budget ' + str(config['minutes']) + ' min' if config.get('minutes') else ''}) |",
         f"| steps | {state['step']:,} |",

@@ -46,6 +46,14 @@ def study(tmp_path_factory, cache):
     return out
 
 
+@pytest.fixture(scope="module")
+def study_seed1(tmp_path_factory, cache):
+    """The same study with --seed 1."""
+    out = tmp_path_factory.mktemp("ablation") / "seed1"
+    main(study_argv(out, "--seed", "1"))
+    return out
+
+
 def test_stop_epochs_score_each_of_the_last_epochs():
     # The trainer scores every K-th epoch and the last epoch of a run; the study stops the run where K would skip.
     assert stop_epochs(TrainConfig(epochs=12, metrics_every=3), 4) == [10, 11, 12]
@@ -182,12 +190,11 @@ def test_variants_are_ranked_by_fid_and_metrics_png_plots_it(tmp_path):
     assert path is not None and Image.open(path).size[0] > 300
 
 
-def test_seed_study_reports_mean_and_spread_across_real_studies(study, tmp_path):
+def test_seed_study_reports_mean_and_spread_across_real_studies(study, study_seed1, tmp_path):
     """training.seed_study over two real studies that differ only by --seed: tables, verdict and plot."""
     from training import seed_study
 
-    second = tmp_path / "seed1"
-    main(study_argv(second, "--seed", "1"))
+    second = study_seed1
     seed_study.main([str(study), str(second), "--out", str(tmp_path / "seeds")])
     report = (tmp_path / "seeds" / "seeds.md").read_text()
     figures = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
@@ -198,6 +205,38 @@ def test_seed_study_reports_mean_and_spread_across_real_studies(study, tmp_path)
     assert row.split(" | ")[swd_column] == f"{np.mean(finals):.4g} ± {np.std(finals, ddof=1):.2g}"
     assert "## Verdict" in report and "bamsgan" in report.split("## Verdict")[1]
     assert Image.open(tmp_path / "seeds" / "seeds.png").size[0] > 300
+
+
+def test_seed_study_joins_a_variant_trained_later_to_its_seed(study, study_seed1, tmp_path):
+    """Each variant of seed 0 in a study of its own (same flags): the same report as the one study."""
+    from training import seed_study
+
+    second = study_seed1
+    variants = json.loads((study / "study.json").read_text())["variants"]
+    parts = []
+    for variant in variants:
+        part = tmp_path / f"seed0-{variant}"
+        shutil.copytree(study, part)
+        for other in set(variants) - {variant}:
+            shutil.rmtree(part / other)
+        options = json.loads((part / "study.json").read_text())
+        (part / "study.json").write_text(json.dumps({**options, "variants": [variant]}))
+        parts.append(part)
+    seed_study.main([str(study), str(second), "--out", str(tmp_path / "whole")])
+    seed_study.main([*map(str, parts), str(second), "--out", str(tmp_path / "joined")])
+
+    def tables(folder):
+        return [line for line in (folder / "seeds.md").read_text().splitlines() if line.startswith("|")]
+
+    assert tables(tmp_path / "joined") == tables(tmp_path / "whole")
+    with pytest.raises(SystemExit, match="repeat a seed .0. with the same variants"):
+        seed_study.main([str(study), str(parts[0]), str(second), "--out", str(tmp_path / "out")])
+    lone_seed1 = tmp_path / "seed1-one-variant"  # seed 1 without the other variants
+    shutil.copytree(parts[0], lone_seed1)
+    (lone_seed1 / "study.json").write_text(json.dumps({**json.loads((parts[0] / "study.json").read_text()), "seed": 1}))
+    with pytest.raises(SystemExit, match="in more than the seed: variants"):
+        seed_study.main([str(study), str(lone_seed1), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp_path, capsys):

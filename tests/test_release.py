@@ -26,6 +26,7 @@ from training.checkpoint import (
 from training.constants import Z_DIM
 from training.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
+from training.config import config_from_dict
 from training.train import train
 
 from .conftest import MODEL_NAME, REPO_ROOT
@@ -141,6 +142,22 @@ def test_model_card_names_the_command_epochs_data_and_metrics(run, tmp_path):
     if DATA != "synthetic":
         assert "research use only" in card and "> " in card and "anime-faces-mini-512.tar" in card
     assert release.shell_command("/x/training/train.py --data /d/shard-*.tar") == "python -m training.train --data '/d/shard-*.tar'"
+
+
+def test_model_card_lists_every_sitting_of_a_resumed_run(run, tmp_path):
+    """A run trained in two sittings (--resume) names both commands, the second with its starting epoch."""
+    resumed = tmp_path / "resumed-run"
+    shutil.copytree(run, resumed)
+    config = load_checkpoint(run / LATEST)["config"]
+    train(config_from_dict(config), resumed, resume=True, resume_epochs=3)
+    out = tmp_path / "released"
+    write_release(resumed, out, log=lambda line: None)
+    card = (out / CARD_NAME).read_text()
+    options = json.loads((resumed / "options.json").read_text())
+    block = card.split("## Training")[1].split("```bash")[1].split("```")[0]
+    commands = [release.shell_command(options["run"]["command"]), release.shell_command(options["run"]["resumes"][0]["command"])]
+    assert [line.split("  # ")[0] for line in block.strip().splitlines()] == commands and "from epoch 2" in block
+    assert "| epochs | 3 (of 3 planned) |" in card
 
 
 def test_model_card_shows_fid_with_its_floor_precision_recall_and_the_memorisation_picture(run, tmp_path):

@@ -87,6 +87,9 @@ def test_run_describes_itself_and_resume_is_exact(tmp_path):
     assert all(np.isfinite(s["loss_D"]) and s["images_per_s"] > 0 for s in stats)
     assert "loss_D_memory" not in stats[0] and "loss_D_memory" in stats[1] and "loss_D_blur" in stats[0]
     assert len(list((interrupted_dir / "stats.jsonl").read_text().splitlines())) == 3
+    assert "resumes" not in options["run"]  # the straight run had one sitting
+    sittings = json.loads((interrupted_dir / "options.json").read_text())["run"]["resumes"]
+    assert [(s["from_epoch"], s["epochs"]) for s in sittings] == [(2, 3)] and sittings[0]["command"] and sittings[0]["started"]
 
     # The sample grid is G-EMA at the fixed seeds, drawn with the one latent mapping and image conversion.
     G = generator_from_checkpoint(load_checkpoint(run / LATEST))

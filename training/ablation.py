@@ -489,54 +489,14 @@ def replay_start(options: dict) -> int | None:
 
 
 def write_report(study_dir: Path, options: dict) -> Path:
-    from training.metrics import INCEPTION_METRICS
-
+    """ablation.md (header, run status, tables, plot, grid) and results.json of the study."""
     runs = collect(study_dir, options)
     names = metric_names(runs)
     last_epochs = list(range(options["epochs"] - options["metrics_last"] + 1, options["epochs"] + 1))
     replay = replay_start(options)
     plot = plot_metrics(runs, names, study_dir / "metrics.png", replay)
     grid = seed_grid(study_dir, options["variants"], options["grid_seeds"], study_dir / "grid.png")
-    unfinished = [v for v, run in runs.items() if run["epochs_done"] < options["epochs"] and not run["budget_spent"]]
-    count = options["metrics_count"]
-    real_set = options["metrics_data"] or options["data"] + " (the training data)"
-    lines = [
-        f"# Ablation study: {', '.join(options['variants'])}",
-        "",
-        f"`{options['command']}`",
-        "",
-        f"Data `{options['data']}`, preset {options['preset']}, seed {options['seed']}, {options['epochs']} epochs per variant"
-        + (f", trainer flags `{' '.join(options['train_args'])}`" if options["train_args"] else "") + ". "
-        f"G-EMA scored every {options['metrics_every']} epoch(s) and at each of the last {options['metrics_last']}: "
-        f"{count} faces (seeds 0–{count - 1}) against {count} real faces from `{real_set}`. "
-        "Values are ± the metric's own uncertainty (training/metrics.py). "
-        "train img/s: the median epoch's training speed; wall min: the variant's whole time, training, scoring and start-up.",
-        "",
-    ]
-    if unfinished:
-        progress = ", ".join(f"{variant} ({runs[variant]['epochs_done']}/{options['epochs']} epochs)" for variant in unfinished)
-        lines += [f"**Unfinished:** {progress}; the same command continues the study.", ""]
-    budgeted = [variant for variant, run in runs.items() if run["budget_spent"]]
-    if budgeted:
-        ended = ", ".join(f"{v} after {runs[v]['epochs_done']} epochs ({runs[v]['train_seconds'] / 60:.1f} min)" for v in budgeted)
-        lines += [f"**Ended by the time budget** (--minutes, training time only): {ended}.", ""]
-    ranking = ("Rows are ranked by FID at the last scored epoch, best first." if any(math.isfinite(final_fid(run)) for run in runs.values())
-               else "No FID on record, so rows keep the study's order (FID needs metrics_count >= 100).")
-    lines += ["## Every metric at the last scored epoch", "", ranking, "", *final_table(runs, names), ""]
-    lines += unavailable_notes(runs, names) + [""] if unavailable_notes(runs, names) else []
-    if len(last_epochs) > 1:
-        lines += [f"## Every metric as the mean over the last {len(last_epochs)} epochs, ± the standard deviation across them", "",
-                  *mean_table(ranked(runs), [name for name in names if name not in INCEPTION_METRICS or any(
-                      record["metrics"].get(name, {}).get("value") is not None for run in runs.values() for record in run["metrics"].values())],
-                      last_epochs), ""]
-    lines += ["Lower is better for fid, kid and swd, higher for precision and recall. sharpness, diversity and detector are ratios generated / real: "
-              "1 is the real faces' own value (below 1: blurrier, less diverse, fewer faces found).", ""]
-    if "detector" in names and last_epochs:
-        lines += [f"## Distortion rate per epoch over the last {len(last_epochs)} epochs (the shape of the paper's Table 1)", "",
-                  "DR = 1 − detector: the share of generated faces in which the anime-face detector finds no face, "
-                  "beyond its misses on real faces (lower is better). ± is the bootstrap uncertainty of each epoch's "
-                  "figure; the last row is the mean and the standard deviation across the epochs.", "",
-                  *per_epoch_table(runs, last_epochs), ""]
+    lines = [*report_header(options), *report_status(runs, options), *report_tables(runs, names, last_epochs)]
     if plot:
         lines += ["## Metrics against epoch", "",
                   "One line per variant, a band of ± the metric's uncertainty; dashed: the real faces' value of a ratio"
@@ -555,6 +515,63 @@ def write_report(study_dir: Path, options: dict) -> Path:
         for variant, run in runs.items()}}
     (study_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return report
+
+
+def report_header(options: dict) -> list[str]:
+    """The study's command, data, flags and how it was scored."""
+    count = options["metrics_count"]
+    real_set = options["metrics_data"] or options["data"] + " (the training data)"
+    return [
+        f"# Ablation study: {', '.join(options['variants'])}",
+        "",
+        f"`{options['command']}`",
+        "",
+        f"Data `{options['data']}`, preset {options['preset']}, seed {options['seed']}, {options['epochs']} epochs per variant"
+        + (f", trainer flags `{' '.join(options['train_args'])}`" if options["train_args"] else "") + ". "
+        f"G-EMA scored every {options['metrics_every']} epoch(s) and at each of the last {options['metrics_last']}: "
+        f"{count} faces (seeds 0–{count - 1}) against {count} real faces from `{real_set}`. "
+        "Values are ± the metric's own uncertainty (training/metrics.py). "
+        "train img/s: the median epoch's training speed; wall min: the variant's whole time, training, scoring and start-up.",
+        "",
+    ]
+
+
+def report_status(runs: dict, options: dict) -> list[str]:
+    """Runs still short of their epochs (the same command continues them), and runs their --minutes ended."""
+    lines = []
+    unfinished = [v for v, run in runs.items() if run["epochs_done"] < options["epochs"] and not run["budget_spent"]]
+    if unfinished:
+        progress = ", ".join(f"{variant} ({runs[variant]['epochs_done']}/{options['epochs']} epochs)" for variant in unfinished)
+        lines += [f"**Unfinished:** {progress}; the same command continues the study.", ""]
+    budgeted = [variant for variant, run in runs.items() if run["budget_spent"]]
+    if budgeted:
+        ended = ", ".join(f"{v} after {runs[v]['epochs_done']} epochs ({runs[v]['train_seconds'] / 60:.1f} min)" for v in budgeted)
+        lines += [f"**Ended by the time budget** (--minutes, training time only): {ended}.", ""]
+    return lines
+
+
+def report_tables(runs: dict, names: list[str], last_epochs: list[int]) -> list[str]:
+    """Every metric at the last scored epoch, their mean over the last epochs, and DR per epoch (Table 1's shape)."""
+    from training.metrics import INCEPTION_METRICS
+
+    ranking = ("Rows are ranked by FID at the last scored epoch, best first." if any(math.isfinite(final_fid(run)) for run in runs.values())
+               else "No FID on record, so rows keep the study's order (FID needs metrics_count >= 100).")
+    lines = ["## Every metric at the last scored epoch", "", ranking, "", *final_table(runs, names), ""]
+    lines += unavailable_notes(runs, names) + [""] if unavailable_notes(runs, names) else []
+    if len(last_epochs) > 1:
+        scored = [name for name in names if name not in INCEPTION_METRICS or any(
+            record["metrics"].get(name, {}).get("value") is not None for run in runs.values() for record in run["metrics"].values())]
+        lines += [f"## Every metric as the mean over the last {len(last_epochs)} epochs, ± the standard deviation across them", "",
+                  *mean_table(ranked(runs), scored, last_epochs), ""]
+    lines += ["Lower is better for fid, kid and swd, higher for precision and recall. sharpness, diversity and detector are ratios generated / real: "
+              "1 is the real faces' own value (below 1: blurrier, less diverse, fewer faces found).", ""]
+    if "detector" in names and last_epochs:
+        lines += [f"## Distortion rate per epoch over the last {len(last_epochs)} epochs (the shape of the paper's Table 1)", "",
+                  "DR = 1 − detector: the share of generated faces in which the anime-face detector finds no face, "
+                  "beyond its misses on real faces (lower is better). ± is the bootstrap uncertainty of each epoch's "
+                  "figure; the last row is the mean and the standard deviation across the epochs.", "",
+                  *per_epoch_table(runs, last_epochs), ""]
+    return lines
 
 
 def copy_results(study_dir: Path, options: dict, destination: Path) -> None:

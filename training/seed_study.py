@@ -3,7 +3,9 @@
     python -m training.seed_study runs/equal-seed0 runs/equal-seed1 runs/equal-seed2 --out training/results/equal-3seeds
 
 Each argument is a folder written by `python -m training.ablation` (same variants and flags, only
---seed differs). A GAN's result moves with its seed by more than one evaluation's own uncertainty,
+--seed differs). Several folders of one seed, each with its own --variants and otherwise the same
+flags, count as one study of all their variants: a candidate trained later joins the baselines'
+seeds without retraining them (`runs/equal-seed0 runs/candidate-seed0 ...`). A GAN's result moves with its seed by more than one evaluation's own uncertainty,
 so a comparison between variants is only drawn from the spread across seeds (issue 20: at least 3).
 
 Writes into --out: seeds.md (the tables below), seeds.json (every figure), seeds.png (metrics against
@@ -58,19 +60,49 @@ def metric_values(entries: dict) -> dict:
     return values
 
 
-def check_comparable(studies: list[dict]) -> None:
-    """Same variants and flags in every study, distinct seeds: otherwise the spread is not the seeds'."""
-    def flags(study: dict) -> dict:
-        return {k: v for k, v in study["options"].items() if k not in ("seed", "command", "started")}
+def study_flags(study: dict) -> dict:
+    """The options that must match for runs to differ only by their seed (and variant)."""
+    return {k: v for k, v in study["options"].items() if k not in ("seed", "variants", "command", "started")}
 
-    first = flags(studies[0])
+
+def differing_flags(study: dict, other: dict) -> list[str]:
+    first, second = study_flags(study), study_flags(other)
+    return sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
+
+
+def merge_by_seed(studies: list[dict]) -> list[dict]:
+    """Studies of one seed as one study of all their variants, so a variant added later (its own
+    study, same flags) joins the comparison; a variant twice in one seed is refused."""
+    merged: dict[int, dict] = {}
+    for study in studies:
+        into = merged.get(study["seed"])
+        if into is None:
+            merged[study["seed"]] = {**study, "variants": dict(study["variants"]), "images_per_s": dict(study["images_per_s"]),
+                                     "options": {**study["options"], "variants": list(study["options"]["variants"])},
+                                     "commands": [study["options"]["command"]]}
+            continue
+        if differing_flags(into, study):
+            raise SystemExit(f"error: {study['dir']} differs from {into['dir']} in more than the seed: {', '.join(differing_flags(into, study))}")
+        repeated = sorted(set(into["variants"]) & set(study["variants"]))
+        if repeated:
+            raise SystemExit(f"error: the studies repeat a seed ({study['seed']}) with the same variants ({', '.join(repeated)}): "
+                             "each run must have its own seed")
+        into["variants"].update(study["variants"])
+        into["images_per_s"].update(study["images_per_s"])
+        into["options"]["variants"] += study["options"]["variants"]
+        into["commands"].append(study["options"]["command"])
+        into["dir"] += f" + {study['dir']}"
+    return list(merged.values())
+
+
+def check_comparable(studies: list[dict]) -> None:
+    """Same variants and flags for every seed: otherwise the spread is not the seeds'."""
     for study in studies[1:]:
-        differing = sorted(k for k in set(first) | set(flags(study)) if first.get(k) != flags(study).get(k))
+        differing = differing_flags(studies[0], study)
+        if sorted(study["variants"]) != sorted(studies[0]["variants"]):
+            differing.append("variants")
         if differing:
             raise SystemExit(f"error: {study['dir']} differs from {studies[0]['dir']} in more than the seed: {', '.join(differing)}")
-    seeds = [study["seed"] for study in studies]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"error: the studies repeat a seed ({seeds}): each must have its own")
 
 
 def at_epoch(study: dict, variant: str, epoch: int | None = None) -> dict:
@@ -181,7 +213,8 @@ def write(studies: list[dict], out: Path) -> Path:
     options = studies[0]["options"]
     lines = [f"# {', '.join(variants)} over {len(studies)} seeds", "",
              "Studies: " + ", ".join(f"`{s['dir']}` (seed {s['seed']})" for s in studies) + ".", "",
-             f"Each: `{options['command']}` with its own --seed. Figures at each run's last scored epoch, "
+             "Each seed ran " + " and ".join(f"`{command}`" for command in studies[0]["commands"]) + " with its own --seed."
+             f" Figures at each run's last scored epoch, "
              f"{options['metrics_count']} G-EMA faces against as many held-out real faces; ± is the standard deviation "
              "across seeds (not one evaluation's uncertainty). DR = 1 − detector ratio (lower is better).", "",
              "## Every metric at the last scored epoch, mean ± sd across seeds", "",
@@ -214,10 +247,11 @@ def per_seed_trend(studies: list[dict], variants: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.seed_study", description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="+", type=Path, help="ablation study folders, one per seed")
+    parser.add_argument("studies", nargs="+", type=Path,
+                        help="ablation study folders: one per seed, or several per seed that add variants with the same flags")
     parser.add_argument("--out", type=Path, required=True, help="folder for seeds.md, seeds.json, seeds.png")
     args = parser.parse_args(argv)
-    studies = [load_study(path) for path in args.studies]
+    studies = merge_by_seed([load_study(path) for path in args.studies])
     check_comparable(studies)
     print(f"report: {write(studies, args.out)}")
 

@@ -477,11 +477,24 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, trainer: Trainer, resume
     if resumed:
         for name in ("stats.jsonl", "metrics.jsonl"):
             trim_jsonl(run_dir / name, trainer.epoch)
+        record_resume(run_dir, config, trainer, world)
     else:
         options = {**dataclasses.asdict(config), "run": run_info(config, trainer.device, world)}
         write_lines(run_dir / "options.json", [json.dumps(options, indent=2)])
         reals = trainer.pixels[: config.sample_seeds].cpu().permute(0, 2, 3, 1).numpy()
         save_png(run_dir / "samples" / "reals.png", image_grid(reals))
+
+
+def record_resume(run_dir: Path, config: TrainConfig, trainer: Trainer, world: World) -> None:
+    """Append this sitting to options.json's run.resumes (command, epoch it starts from, epochs and
+    minutes it trains to), so a run trained in several sittings still says how it was made."""
+    path = run_dir / "options.json"
+    if not path.is_file():  # a run from before options.json: nothing to add to
+        return
+    options = json.loads(path.read_text())
+    sitting = {**run_info(config, trainer.device, world), "from_epoch": trainer.epoch, "epochs": config.epochs, "minutes": config.minutes}
+    options.setdefault("run", {}).setdefault("resumes", []).append(sitting)
+    write_lines(path, [json.dumps(options, indent=2)])
 
 
 def train_epoch(trainer: Trainer, steps_per_epoch: int, world: World) -> tuple[dict[str, float], float]:
