@@ -5,8 +5,8 @@
 Each argument is a folder written by `python -m training.ablation` (same variants and flags, only
 --seed differs). Several folders of one seed, each with its own --variants and otherwise the same
 flags, count as one study of all their variants: a candidate trained later joins the baselines'
-seeds without retraining them (`runs/equal-seed0 runs/candidate-seed0 ...`). A GAN's result moves with its seed by more than one evaluation's own uncertainty,
-so a comparison between variants is only drawn from the spread across seeds (issue 20: at least 3).
+seeds without retraining them (`runs/equal-seed0 runs/candidate-seed0 ...`). A GAN's result moves
+with its seed by more than one evaluation's own uncertainty, so a comparison between variants is only drawn from the spread across seeds (issue 20: at least 3).
 
 Writes into --out: seeds.md (the tables below), seeds.json (every figure), seeds.png (metrics against
 kimg, one line per seed, a colour per variant). The tables:
@@ -81,8 +81,9 @@ def merge_by_seed(studies: list[dict]) -> list[dict]:
                                      "options": {**study["options"], "variants": list(study["options"]["variants"])},
                                      "commands": [study["options"]["command"]]}
             continue
-        if differing_flags(into, study):
-            raise SystemExit(f"error: {study['dir']} differs from {into['dir']} in more than the seed: {', '.join(differing_flags(into, study))}")
+        differing = differing_flags(into, study)
+        if differing:
+            raise SystemExit(f"error: {study['dir']} differs from {into['dir']} in more than the seed: {', '.join(differing)}")
         repeated = sorted(set(into["variants"]) & set(study["variants"]))
         if repeated:
             raise SystemExit(f"error: the studies repeat a seed ({study['seed']}) with the same variants ({', '.join(repeated)}): "
@@ -130,11 +131,12 @@ def final_table(studies: list[dict], variants: list[str], epoch: int | None = No
     return lines
 
 
-def per_seed_table(studies: list[dict], variants: list[str], name: str) -> list[str]:
+def per_seed_table(studies: list[dict], variants: list[str], figure, style: str = ".4g") -> list[str]:
+    """A row per variant, a column per seed: figure(study, variant), formatted with `style` ("–" for None)."""
     lines = ["| variant | " + " | ".join(f"seed {study['seed']}" for study in studies) + " |", "|---|" + "---:|" * len(studies)]
     for variant in variants:
-        cells = [at_epoch(study, variant).get(name) for study in studies]
-        lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in cells) + " |")
+        cells = [figure(study, variant) for study in studies]
+        lines.append(f"| {variant} | " + " | ".join("–" if v is None else format(v, style) for v in cells) + " |")
     return lines
 
 
@@ -220,14 +222,14 @@ def write(studies: list[dict], out: Path) -> Path:
              "## Every metric at the last scored epoch, mean ± sd across seeds", "",
              "A --minutes budget ends a run at the end of the epoch that spends it, so the train minutes differ a little.", "",
              *final_table(studies, variants), "",
-             f"## {RANKING_METRIC.upper()} of each seed at its last scored epoch", "", *per_seed_table(studies, variants, RANKING_METRIC), "",
+             f"## {RANKING_METRIC.upper()} of each seed at its last scored epoch", "", *per_seed_table(studies, variants, lambda study, variant: at_epoch(study, variant).get(RANKING_METRIC)), "",
              "## Verdict at the last scored epoch", "", *verdict(studies, variants), ""]
     epoch = common_epoch(studies, variants)
     if epoch is not None:
         lines += [f"## Every metric at epoch {epoch}, the last that every run reached (equal images), mean ± sd across seeds", "",
                   *final_table(studies, variants, epoch), "", f"Verdict at epoch {epoch}:", "", *verdict(studies, variants, epoch=epoch), ""]
     lines += [f"## {RANKING_METRIC.upper()} over the second half of each run (last − at half the kimg; > 0: got worse)", "",
-              *per_seed_trend(studies, variants), "",
+              *per_seed_table(studies, variants, second_half_trend, "+.4g"), "",
               "## DR per scored epoch, mean ± sd across seeds (the shape of the paper's Table 1)", "", *dr_table(studies, variants), ""]
     if picture:
         lines += ["## Metrics against kimg", "", f"![metrics against kimg, one line per seed]({picture.name})", ""]
@@ -235,14 +237,6 @@ def write(studies: list[dict], out: Path) -> Path:
     report.write_text("\n".join(lines))
     (out / "seeds.json").write_text(json.dumps({"studies": studies}, indent=1) + "\n")
     return report
-
-
-def per_seed_trend(studies: list[dict], variants: list[str]) -> list[str]:
-    lines = ["| variant | " + " | ".join(f"seed {study['seed']}" for study in studies) + " |", "|---|" + "---:|" * len(studies)]
-    for variant in variants:
-        cells = [second_half_trend(study, variant) for study in studies]
-        lines.append(f"| {variant} | " + " | ".join("–" if v is None else f"{v:+.4g}" for v in cells) + " |")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
