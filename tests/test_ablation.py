@@ -1,6 +1,7 @@
 """The ablation study: every variant trained alike by the real trainer, a report rebuilt from the runs,
 an interrupted study continued without retraining what finished, other options refused."""
 
+import functools
 import json
 import os
 import shutil
@@ -204,6 +205,7 @@ def test_seed_study_reports_mean_and_spread_across_real_studies(study, study_see
     swd_column = seed_study.TABLE_METRICS.index("swd") + 4  # variant, kimg, img/s, then the metrics
     assert row.split(" | ")[swd_column] == f"{np.mean(finals):.4g} ± {np.std(finals, ddof=1):.2g}"
     assert "## Verdict" in report and "bamsgan" in report.split("## Verdict")[1]
+    assert "(equal CPU time; interpolated" in report and "Verdict at" in report
     assert Image.open(tmp_path / "seeds" / "seeds.png").size[0] > 300
 
 
@@ -229,6 +231,12 @@ def test_seed_study_joins_a_variant_trained_later_to_its_seed(study, study_seed1
         return [line for line in (folder / "seeds.md").read_text().splitlines() if line.startswith("|")]
 
     assert tables(tmp_path / "joined") == tables(tmp_path / "whole")
+    chosen = variants[::-1][:2]  # two of them, the other way round: the verdict is against the first
+    seed_study.main([*map(str, parts), str(second), "--out", str(tmp_path / "chosen"), "--variants", ",".join(chosen)])
+    rows = [line.split(" | ")[0][2:] for line in tables(tmp_path / "chosen")[2:2 + len(chosen)]]
+    assert rows == chosen and f"\n- {chosen[0]} " in (tmp_path / "chosen" / "seeds.md").read_text()  # the verdicts are against it
+    with pytest.raises(SystemExit, match="--variants nope: the studies have"):
+        seed_study.main([str(study), str(second), "--out", str(tmp_path / "out"), "--variants", "nope"])
     with pytest.raises(SystemExit, match="repeat a seed .0. with the same variants"):
         seed_study.main([str(study), str(parts[0]), str(second), "--out", str(tmp_path / "out")])
     lone_seed1 = tmp_path / "seed1-one-variant"  # seed 1 without the other variants
@@ -265,6 +273,27 @@ def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
     assert "bamsgan is better, beyond the seeds' spread" in verdict(apart, ["bamsgan", "sagan"])[0]
     overlapping = [study(s, {"bamsgan": 50 + 10 * s, "sagan": 55 + 10 * s}) for s in range(3)]
     assert "not separated" in verdict(overlapping, ["bamsgan", "sagan"])[0]
+
+
+def test_seed_study_compares_variants_of_unequal_speed_at_equal_training_time():
+    """A wide model scores every 10 minutes, a narrow one every 5: at the time both reached, the wide
+    one's figures are interpolated between its epochs either side, and the verdict reads those."""
+    from training.seed_study import at_minutes, common_minutes, verdict
+
+    def study(seed):
+        narrow = {epoch: {"kimg": 35.0 * epoch, "train_min": 5.0 * epoch, "fid": 300 - 20 * epoch + seed} for epoch in range(1, 6)}
+        wide = {epoch: {"kimg": 35.0 * epoch, "train_min": 10.0 * epoch, "fid": 290 - 40 * epoch + seed} for epoch in range(1, 4)}
+        return {"seed": seed, "variants": {"narrow": narrow, "wide": wide}}
+
+    studies = [study(seed) for seed in range(3)]
+    assert common_minutes(studies, ["narrow", "wide"]) == 25.0  # the narrow runs' last epoch
+    assert at_minutes(studies[0], "narrow", 25.0) == {"kimg": 175.0, "train_min": 25.0, "fid": 200.0}
+    assert at_minutes(studies[0], "wide", 25.0) == {"kimg": 87.5, "train_min": 25.0, "fid": 190.0}  # halfway from 210 to 170
+    assert at_minutes(studies[0], "wide", 9.0) == {} and at_minutes(studies[0], "wide", 31.0) == {}
+    within = functools.partial(at_minutes, minutes=25.0)
+    assert "narrow fid 201 ± 1 against wide 191 ± 1" in verdict(studies, ["narrow", "wide"], pick=within)[0]
+    studies[1]["variants"]["wide"][3].pop("train_min")
+    assert common_minutes(studies, ["narrow", "wide"]) is None  # a run without its minutes: no equal-time table
 
 
 def test_a_study_ended_by_its_time_budget_says_so_not_unfinished(cache, tmp_path):

@@ -178,12 +178,14 @@ CANDIDATES: dict[str, dict] = {
     # SAGAN 288 ± 26. Neither closes the gap: D still scores blurred faces nearly as real.
     "blur-10pct": dict(blur_fraction=0.1),  # the paper's share of blurred faces
     "blur-weight-0.5": dict(blur_weight=0.5),
+    "blur-weight-0.25": dict(blur_weight=0.25),  # the next step down: G(z) 4/9 of D's negatives, blurred reals 1/9
     "memory-weight-0.5": dict(memory_weight=0.5),
     # The paper's sum: G(z) keeps the weight it has in SAGAN (averaged, it has 1/3 of D's negatives once
     # memory replays). Probed on one seed: D settles at -1 on every input, as the tuning ladder's v0 did.
     "negatives-sum": dict(fake_terms="sum"),
     "sagan-ema-10kimg": dict(blur=False, memory=False, **STYLEGAN_EMA),
     "sagan-diffaugment": dict(blur=False, memory=False, augment=DIFF_AUGMENT),
+    "sagan-c32": dict(blur=False, memory=False, channels=32),  # twice the width: FID per CPU-hour against c = 16
 }
 
 ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES}  # what --ablation can name

@@ -10,17 +10,19 @@ with its seed by more than one evaluation's own uncertainty, so a comparison bet
 
 Writes into --out: seeds.md (the tables below), seeds.json (every figure), seeds.png (metrics against
 kimg, one line per seed, a colour per variant). The tables:
-- each metric at each run's last scored epoch, and at the last epoch every run reached (equal
-  images): mean ± sd across seeds, with the training minutes; the seeds' own values of FID;
+- each metric at each run's last scored epoch, at the last epoch every run reached (equal
+  images) and at the training time every run reached (equal CPU time, for variants that differ in
+  speed, e.g. width): mean ± sd across seeds, with the training minutes; the seeds' own values of FID;
 - the paper's Table 1 shape: DR (1 - detector ratio) per scored epoch, mean ± sd across seeds;
 - whether the ranking metric (FID) got worse over the second half of each run, per seed;
-- the verdict: the first variant against each other, on FID, separated only when the difference of
-  the means exceeds the sum of their standard deviations.
+- the verdict: the first variant (or the first of --variants) against each other, on FID, separated
+  only when the difference of the means exceeds the sum of their standard deviations.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -106,6 +108,16 @@ def check_comparable(studies: list[dict]) -> None:
             raise SystemExit(f"error: {study['dir']} differs from {studies[0]['dir']} in more than the seed: {', '.join(differing)}")
 
 
+def select_variants(studies: list[dict], names: list[str]) -> list[dict]:
+    """Only the variants `names`, in that order: the first is the one every verdict compares against."""
+    unknown = [name for name in names if name not in studies[0]["variants"]]
+    if unknown or not names:
+        raise SystemExit(f"error: --variants {','.join(names)}: the studies have {', '.join(studies[0]['variants'])}")
+    return [{**study, "variants": {name: study["variants"][name] for name in names},
+             "images_per_s": {name: study["images_per_s"][name] for name in names},
+             "options": {**study["options"], "variants": list(names)}} for study in studies]
+
+
 def at_epoch(study: dict, variant: str, epoch: int | None = None) -> dict:
     """The scored epoch `epoch` of a run (default its last), {} when it has none."""
     runs = study["variants"][variant]
@@ -114,17 +126,38 @@ def at_epoch(study: dict, variant: str, epoch: int | None = None) -> dict:
     return runs[max(runs)] if runs else {}
 
 
+def at_minutes(study: dict, variant: str, minutes: float) -> dict:
+    """A run's figures after `minutes` of training, interpolated linearly between the scored epochs either
+    side ({} outside the scored time): runs of unequal speed score on different time grids."""
+    timed = sorted((r for r in study["variants"][variant].values() if r.get("train_min") is not None), key=lambda r: r["train_min"])
+    if len(timed) == 1 and timed[0]["train_min"] == minutes:
+        return dict(timed[0])
+    for before, after in zip(timed, timed[1:]):
+        if before["train_min"] <= minutes <= after["train_min"]:
+            share = (minutes - before["train_min"]) / (after["train_min"] - before["train_min"])
+            return {name: None if before.get(name) is None or after.get(name) is None else before[name] + share * (after[name] - before[name])
+                    for name in before}
+    return {}
+
+
+def common_minutes(studies: list[dict], variants: list[str]) -> float | None:
+    """The training time every run reached: the shortest run's minutes at its last scored epoch."""
+    lasts = [at_epoch(study, variant).get("train_min") for study in studies for variant in variants]
+    return None if None in lasts or not lasts else min(lasts)
+
+
 def common_epoch(studies: list[dict], variants: list[str]) -> int | None:
     """The last epoch every run scored: equal images for every variant and seed."""
     lasts = [max(study["variants"][variant], default=0) for study in studies for variant in variants]
     return min(lasts) or None
 
 
-def final_table(studies: list[dict], variants: list[str], epoch: int | None = None) -> list[str]:
+def final_table(studies: list[dict], variants: list[str], pick=at_epoch) -> list[str]:
+    """Every metric, mean ± sd across seeds, of the scored epoch pick(study, variant) (default the last)."""
     lines = ["| variant | kimg | train min | train img/s | " + " | ".join(TABLE_METRICS) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(TABLE_METRICS)]
     for variant in variants:
-        finals = [at_epoch(study, variant, epoch) for study in studies]
+        finals = [pick(study, variant) for study in studies]
         speeds = [study["images_per_s"][variant] for study in studies]
         lines.append(f"| {variant} | {mean_sd([f.get('kimg') for f in finals])} | {mean_sd([f.get('train_min') for f in finals])} | {mean_sd(speeds)} | "
                      + " | ".join(mean_sd([f.get(name) for f in finals]) for name in TABLE_METRICS) + " |")
@@ -161,12 +194,13 @@ def second_half_trend(study: dict, variant: str, name: str = RANKING_METRIC) -> 
     return scored[-1][1] - middle[1]
 
 
-def verdict(studies: list[dict], variants: list[str], name: str = RANKING_METRIC, epoch: int | None = None) -> list[str]:
-    """The first variant against each other on `name`: separated when |difference of means| > sd + sd."""
+def verdict(studies: list[dict], variants: list[str], name: str = RANKING_METRIC, pick=at_epoch) -> list[str]:
+    """The first variant against each other on `name` at the scored epoch pick(study, variant) (default
+    the last): separated when |difference of means| > sd + sd."""
     lines = []
-    first = [at_epoch(study, variants[0], epoch).get(name) for study in studies]
+    first = [pick(study, variants[0]).get(name) for study in studies]
     for other in variants[1:]:
-        values = [at_epoch(study, other, epoch).get(name) for study in studies]
+        values = [pick(study, other).get(name) for study in studies]
         if None in first or None in values or len(studies) < 2:
             lines.append(f"- {variants[0]} against {other}: needs {name} from at least 2 seeds of each")
             continue
@@ -189,17 +223,20 @@ def plot(studies: list[dict], variants: list[str], path: Path) -> Path | None:
              if any(r.get(name) is not None for s in studies for v in variants for r in s["variants"][v].values())]
     if not names:
         return None
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
+    # FID against training minutes too: variants that train at different speeds compare per CPU-hour there
+    panels = [(name, "kimg") for name in names] + ([("fid", "train_min")] if "fid" in names else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axis, name in zip(axes[0], names):
+    for axis, (name, x) in zip(axes[0], panels):
         for colour, variant in zip(colours, variants):
             for index, study in enumerate(studies):
-                points = [(r["kimg"], r[name]) for _, r in sorted(study["variants"][variant].items()) if r.get(name) is not None]
+                points = [(r[x], r[name]) for _, r in sorted(study["variants"][variant].items())
+                          if r.get(name) is not None and r.get(x) is not None]
                 if points:
                     axis.plot(*zip(*points), color=colour, alpha=0.8, marker="o", markersize=3, linewidth=1,
                               label=variant if index == 0 else None)
-        axis.set_title(name + (" ↓" if name in LOWER_IS_BETTER else " ↑"))
-        axis.set_xlabel("kimg")
+        axis.set_title(name + (" ↓" if name in LOWER_IS_BETTER else " ↑") + (" per training time" if x == "train_min" else ""))
+        axis.set_xlabel({"kimg": "kimg", "train_min": "training minutes"}[x])
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"one line per seed ({', '.join(str(s['seed']) for s in studies)})", fontsize=9)
     figure.tight_layout()
@@ -226,8 +263,16 @@ def write(studies: list[dict], out: Path) -> Path:
              "## Verdict at the last scored epoch", "", *verdict(studies, variants), ""]
     epoch = common_epoch(studies, variants)
     if epoch is not None:
+        at_common_epoch = functools.partial(at_epoch, epoch=epoch)
         lines += [f"## Every metric at epoch {epoch}, the last that every run reached (equal images), mean ± sd across seeds", "",
-                  *final_table(studies, variants, epoch), "", f"Verdict at epoch {epoch}:", "", *verdict(studies, variants, epoch=epoch), ""]
+                  *final_table(studies, variants, at_common_epoch), "", f"Verdict at epoch {epoch}:", "",
+                  *verdict(studies, variants, pick=at_common_epoch), ""]
+    minutes = common_minutes(studies, variants)
+    if minutes is not None:
+        within = functools.partial(at_minutes, minutes=minutes)
+        lines += [f"## Every metric at {minutes:.1f} training minutes, the time every run reached (equal CPU time; "
+                  "interpolated linearly between the scored epochs either side), mean ± sd across seeds", "",
+                  *final_table(studies, variants, within), "", f"Verdict at {minutes:.1f} minutes:", "", *verdict(studies, variants, pick=within), ""]
     lines += [f"## {RANKING_METRIC.upper()} over the second half of each run (last − at half the kimg; > 0: got worse)", "",
               *per_seed_table(studies, variants, second_half_trend, "+.4g"), "",
               "## DR per scored epoch, mean ± sd across seeds (the shape of the paper's Table 1)", "", *dr_table(studies, variants), ""]
@@ -244,9 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("studies", nargs="+", type=Path,
                         help="ablation study folders: one per seed, or several per seed that add variants with the same flags")
     parser.add_argument("--out", type=Path, required=True, help="folder for seeds.md, seeds.json, seeds.png")
+    parser.add_argument("--variants", help="comma-separated: report only these, the first as the reference of the verdicts "
+                                           "(default all, in the studies' order)")
     args = parser.parse_args(argv)
     studies = merge_by_seed([load_study(path) for path in args.studies])
     check_comparable(studies)
+    if args.variants:
+        studies = select_variants(studies, args.variants.split(","))
     print(f"report: {write(studies, args.out)}")
 
 
