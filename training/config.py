@@ -174,8 +174,8 @@ DIFF_AUGMENT = "color,translation,cutout"
 CANDIDATES: dict[str, dict] = {
     "ema-10kimg": STYLEGAN_EMA,  # StyleGAN2-ADA's EMA: 10 kimg half-life, ramp-up 0.05 (today ~22 kimg)
     "diffaugment": dict(augment=DIFF_AUGMENT),
-    # 3 seeds each at 140 kimg (README, issue 20): FID 344 ± 8 and 329 ± 24 against BaMSGAN 349 ± 29 and
-    # SAGAN 288 ± 26. Neither closes the gap: D still scores blurred faces nearly as real.
+    # 3 seeds each at 140 kimg (README, issue 20): FID 344 ± 8, 329 ± 24, 324 ± 13 and 347 ± 26 (in this
+    # order) against BaMSGAN 349 ± 29 and SAGAN 288 ± 26. None closes the gap: D still scores blurred faces nearly as real.
     "blur-10pct": dict(blur_fraction=0.1),  # the paper's share of blurred faces
     "blur-weight-0.5": dict(blur_weight=0.5),
     "blur-weight-0.25": dict(blur_weight=0.25),  # the next step down: G(z) 4/9 of D's negatives, blurred reals 1/9
