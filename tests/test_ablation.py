@@ -275,6 +275,25 @@ def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
     assert "not separated" in verdict(overlapping, ["bamsgan", "sagan"])[0]
 
 
+def test_seed_study_pairs_runs_of_one_seed():
+    """The seeds' spread hides a difference that every seed shows alike; pairing by seed finds it,
+    and does not find one whose sign changes from seed to seed."""
+    from training.seed_study import verdict
+
+    def study(seed, fids):
+        return {"seed": seed, "variants": {v: {1: {"kimg": 10.0, "fid": fid}} for v, fid in fids.items()}}
+
+    offsets, shifts = [0, 30, 55], [34, 37, 47]  # the seeds' own offsets; a variant's cost per seed
+    consistent = [study(s, {"sagan": 260 + offsets[s], "memory-only": 260 + offsets[s] + shifts[s]}) for s in range(3)]
+    unpaired, paired = verdict(consistent, ["sagan", "memory-only"])
+    assert "not separated" in unpaired
+    assert "differences -34, -37, -47" in paired and "p = 0.0098" in paired and "**sagan is better (p < 0.05)**" in paired
+    mixed = [study(s, {"sagan": 260 + offsets[s], "memory-only": 260 + offsets[s] + shift}) for s, shift in enumerate([20, -15, 10])]
+    assert "**not separated** (p ≥ 0.05)" in verdict(mixed, ["sagan", "memory-only"])[1]
+    alike = [study(s, {"sagan": 100.0 + s, "memory-only": 110.0 + s}) for s in range(3)]  # no spread in the differences
+    assert "p = 0 → **sagan is better" in verdict(alike, ["sagan", "memory-only"])[1]
+
+
 def test_seed_study_compares_variants_of_unequal_speed_at_equal_training_time():
     """A wide model scores every 10 minutes, a narrow one every 5: at the time both reached, the wide
     one's figures are interpolated between its epochs either side, and the verdict reads those."""

@@ -334,7 +334,7 @@ def test_the_study_trains_the_papers_ablations_by_default():
 def test_each_candidate_is_one_change_to_bamsgan_or_sagan():
     defaults = dataclasses.asdict(TrainConfig())
     for name, change in CANDIDATES.items():
-        base = "sagan" if name.startswith("sagan-") else "bamsgan"
+        base = next((base for base in ("sagan", "memory-only") if name.startswith(base + "-")), "bamsgan")
         expected = {**defaults, **PAPER_ABLATIONS[base], **change}
         assert dataclasses.asdict(parse_args(["--ablation", name])[0]) == expected, name
         changed = {field for field in change if PAPER_ABLATIONS[base].get(field, defaults[field]) != change[field]}

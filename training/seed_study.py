@@ -16,7 +16,9 @@ kimg, one line per seed, a colour per variant). The tables:
 - the paper's Table 1 shape: DR (1 - detector ratio) per scored epoch, mean ± sd across seeds;
 - whether the ranking metric (FID) got worse over the second half of each run, per seed;
 - the verdict: the first variant (or the first of --variants) against each other, on FID, separated
-  only when the difference of the means exceeds the sum of their standard deviations.
+  only when the difference of the means exceeds the sum of their standard deviations; and paired by
+  seed (runs of one seed share initial weights, data order and latents, so the seed's own effect largely
+  cancels in their difference): separated when a paired t-test gives p < 0.05.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from training.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
 from training.metrics import METRIC_NAMES
@@ -210,7 +213,21 @@ def verdict(studies: list[dict], variants: list[str], name: str = RANKING_METRIC
         lines.append(f"- {variants[0]} {name} {mean_sd(first)} against {other} {mean_sd(values)}: difference {difference:+.4g}, "
                      f"sum of the sds {spread:.2g} → " + (f"**{better} is better, beyond the seeds' spread**" if abs(difference) > spread
                                                           else "**not separated**: the difference is within the seeds' spread"))
+        lines.append(paired_by_seed(first, values, better))
     return lines
+
+
+def paired_by_seed(first: list[float], values: list[float], better: str, alpha: float = 0.05) -> str:
+    """The verdict's second line: the per-seed differences and a two-sided paired t-test on them.
+    `better` is the variant the means favour (the mean of the differences has the same sign)."""
+    differences = np.subtract(first, values)
+    if np.all(differences == differences[0]):  # no spread: the test is undefined, the sign is the answer
+        p_value = 0.0 if differences[0] != 0 else 1.0
+    else:
+        p_value = float(scipy.stats.ttest_rel(first, values).pvalue)
+    each = ", ".join(f"{d:+.3g}" for d in differences)
+    return (f"  - paired by seed: differences {each} (mean {mean_sd(list(differences))}), paired t-test p = {p_value:.2g} → "
+            + (f"**{better} is better (p < {alpha:g})**" if p_value < alpha else f"**not separated** (p ≥ {alpha:g})"))
 
 
 def plot(studies: list[dict], variants: list[str], path: Path) -> Path | None:
