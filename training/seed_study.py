@@ -262,6 +262,12 @@ def plot(studies: list[dict], variants: list[str], path: Path) -> Path | None:
     return path
 
 
+def comparison(studies: list[dict], variants: list[str], pick, at: str, meaning: str, verdict_at: str | None = None) -> list[str]:
+    """A report section: every metric at the point pick(study, variant) selects, and the verdict there."""
+    return [f"## Every metric at {at}, {meaning}, mean ± sd across seeds", "", *final_table(studies, variants, pick), "",
+            f"Verdict at {verdict_at or at}:", "", *verdict(studies, variants, pick=pick), ""]
+
+
 def write(studies: list[dict], out: Path) -> Path:
     variants = studies[0]["options"]["variants"]
     out.mkdir(parents=True, exist_ok=True)
@@ -280,16 +286,13 @@ def write(studies: list[dict], out: Path) -> Path:
              "## Verdict at the last scored epoch", "", *verdict(studies, variants), ""]
     epoch = common_epoch(studies, variants)
     if epoch is not None:
-        at_common_epoch = functools.partial(at_epoch, epoch=epoch)
-        lines += [f"## Every metric at epoch {epoch}, the last that every run reached (equal images), mean ± sd across seeds", "",
-                  *final_table(studies, variants, at_common_epoch), "", f"Verdict at epoch {epoch}:", "",
-                  *verdict(studies, variants, pick=at_common_epoch), ""]
+        lines += comparison(studies, variants, functools.partial(at_epoch, epoch=epoch), f"epoch {epoch}",
+                            "the last that every run reached (equal images)")
     minutes = common_minutes(studies, variants)
     if minutes is not None:
-        within = functools.partial(at_minutes, minutes=minutes)
-        lines += [f"## Every metric at {minutes:.1f} training minutes, the time every run reached (equal CPU time; "
-                  "interpolated linearly between the scored epochs either side), mean ± sd across seeds", "",
-                  *final_table(studies, variants, within), "", f"Verdict at {minutes:.1f} minutes:", "", *verdict(studies, variants, pick=within), ""]
+        lines += comparison(studies, variants, functools.partial(at_minutes, minutes=minutes), f"{minutes:.1f} training minutes",
+                            "the time every run reached (equal CPU time; interpolated linearly between the scored epochs either side)",
+                            f"{minutes:.1f} minutes")
     lines += [f"## {RANKING_METRIC.upper()} over the second half of each run (last − at half the kimg; > 0: got worse)", "",
               *per_seed_table(studies, variants, second_half_trend, "+.4g"), "",
               "## DR per scored epoch, mean ± sd across seeds (the shape of the paper's Table 1)", "", *dr_table(studies, variants), ""]
