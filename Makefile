@@ -116,7 +116,7 @@ perf-analyzer: setup
 
 tune-serving: setup  ## config.pbtxt variants (batching delay, instances, threads), each on its own server, cache off: latency vs throughput
 	$(PY) -m export.release --publish-if-empty --repository $(MODEL_REPOSITORY)
-	$(PY) -m serving.tune --model-repository $(MODEL_REPOSITORY) --out $(BENCH_OUT)/tune $(TUNE_ARGS)
+	$(PY) -m clients.tune_serving --model-repository $(MODEL_REPOSITORY) --out $(BENCH_OUT)/tune $(TUNE_ARGS)
 
 demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))
@@ -126,7 +126,7 @@ evaluate: setup  ## FID, KID, precision/recall with their real floor, memorisati
 		$(if $(REAL),--real "$(REAL)") $(if $(COUNT),--count $(COUNT)) $(if $(strip $(INCEPTION)),--inception-weights "$(INCEPTION)") $(EVAL_ARGS)
 
 ablation: setup  ## every ablation variant on the same data, seed and budget: table, plots, grid in the study folder
-	$(PY) -m training.ablation --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") \
+	$(PY) -m training.studies.ablation --data "$(DATA)" --preset $(PRESET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out "$(OUT)") \
 		$(if $(METRICS_DATA),--metrics-data "$(METRICS_DATA)") $(ABLATION_ARGS)
 
 tensorboard: setup  ## a run's training curves, D's logits and sample grids (the events training writes beside stats.jsonl)
@@ -136,13 +136,13 @@ test: setup
 	$(PY) -m pytest
 
 data: setup
-	$(PY) -m training.download --what all
+	$(PY) -m training.data.download --what all
 
 bench-attention: setup
-	$(PY) -m training.bench_attention
+	$(PY) -m training.studies.bench_attention
 
 bench-training: setup
-	$(PY) -m training.bench_training
+	$(PY) -m training.studies.bench_training
 
 bench-export: setup
 	$(PY) -m export.benchmark

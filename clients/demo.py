@@ -66,7 +66,7 @@ def released_stage(stages: Stages, python: str, run_dir: Path, out: Path, weight
     from export.release import release_summary
     from training.checkpoint import LATEST, load_checkpoint
     from clients.evaluate import faces_from_version
-    from training.images import image_grid
+    from training.data.images import image_grid
 
     repository = out / "released_repository"
     stages.run("released", [python, "-m", "export", "--ckpt", str(weights), "--repository", str(repository), "--no-fp16"])

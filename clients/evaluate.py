@@ -7,11 +7,11 @@
     python -m clients.evaluate --url localhost:8001 --real ...
 
 Evaluation spans checkpoints, exported versions and live servers, so it sits with the clients, on top
-of training/ and export/ (the metrics themselves are training/metrics.py's: the trainer uses them
+of training/ and export/ (the metrics themselves are training/metrics/face_quality.py's: the trainer uses them
 too). Every source draws seeds 0..N-1 through the one seed->latent mapping (training/latents.py), so
 the same model gives the same faces, and the same figures, whichever way it is reached.
 
-Real faces: any training.dataset.load_images source (--real, default: the model's training data, with
+Real faces: any training.data.dataset.load_images source (--real, default: the model's training data, with
 a warning: figures on faces it trained on flatter it). The first --real-count (default N) are the
 reference. The real-vs-real floor beside FID, KID, precision and recall needs N more real faces,
 disjoint from the reference: the next N of --real when it holds them, else --floor-real SPEC. The
@@ -19,7 +19,7 @@ memorisation check needs the training faces (--train-real, default the model's t
 first --train-count, default N) and a held-out reference. A real set smaller than asked for is an
 error, never silently a smaller N.
 
-Speed on the shared 2-core CPU: Inception features are the cost (training/inception.py; --bench);
+Speed on the shared 2-core CPU: Inception features are the cost (training/metrics/inception.py; --bench);
 real-set features are cached by content, so a second evaluation against the same real set runs
 Inception on the generated faces only. The weight-free metrics together take ~80 s at N=10,000.
 
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training import metrics
+from training.metrics import face_quality as metrics
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE
-from training.images import save_png
-from training.metrics import EVALUATION_FORMAT, INCEPTION_METRICS, METRIC_NAMES, MIN_FID_COUNT, MetricsError
+from training.data.images import save_png
+from training.metrics.face_quality import EVALUATION_FORMAT, INCEPTION_METRICS, METRIC_NAMES, MIN_FID_COUNT, MetricsError
 
 RESULT_FORMAT = EVALUATION_FORMAT
 DEFAULT_COUNT = 1000
@@ -144,7 +144,7 @@ def generated_faces(args: argparse.Namespace):
 
 def _same_inputs(spec: str, other: str) -> bool:
     """Whether two load_images specs share an image file (so the sets overlap)."""
-    from training.dataset import find_inputs
+    from training.data.dataset import find_inputs
 
     if "synthetic" in (spec, other):
         return False
@@ -156,7 +156,7 @@ def _same_inputs(spec: str, other: str) -> bool:
 
 def _load(spec: str, count: int, seed: int, config: dict | None, progress: bool, what: str) -> np.ndarray:
     """uint8 [<= count, 64, 64, 3]: the first `count` faces of `spec` in sorted order."""
-    from training.dataset import load_images
+    from training.data.dataset import load_images
 
     try:
         images = load_images(spec, max_images=count, synthetic_size=count, seed=seed, progress=progress, cache_dir=(config or {}).get("cache_dir"))

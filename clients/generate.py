@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TritonClientError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    from training.images import image_grid, save_png  # imports torch: only once there are faces to write
+    from training.data.images import image_grid, save_png  # imports torch: only once there are faces to write
 
     written = []
     if args.out is not None and args.frames is not None and args.out.suffix.lower() == ".gif":

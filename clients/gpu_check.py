@@ -12,10 +12,10 @@ Parts, in this order; each is a function that returns a record with "status" ok 
               every attention shape of the paper's model.
 2. attention  kernel vs SDPA vs the bmm+softmax reference at every attention shape of G and D
               (c = 64), bf16, B = 256, forward and forward+backward: median ms (min-max) over CUDA
-              events, extra peak memory (training.bench_attention.measure_shapes).
+              events, extra peak memory (training.studies.bench_attention.measure_shapes).
 3. training   the paper-preset training step (bf16 autocast, channels-last), eager and
               torch.compile, kernel and SDPA: images/s and peak CUDA memory, one
-              `python -m training.bench_training` subprocess per configuration.
+              `python -m training.studies.bench_training` subprocess per configuration.
 4. generator  raw faces/s of the served function (latents in, uint8 faces out, host to host) at
               batch 1, 64, 256, 1024: PyTorch eager fp32 and bf16, compiled bf16, compiled bf16 with
               CUDA graphs; ONNX Runtime CUDA (FP32, FP16) and TensorRT FP16 where installed; each
@@ -238,7 +238,7 @@ def pytest_counts(output: str) -> dict:
 def part_attention(args, deadline: float) -> dict:
     import torch
 
-    from training.bench_attention import DTYPES, PASSES, available_impls, format_records, measure_shapes
+    from training.studies.bench_attention import DTYPES, PASSES, available_impls, format_records, measure_shapes
 
     device = torch.device(args.device)
     impls, note = available_impls(device)
@@ -259,7 +259,7 @@ def part_attention(args, deadline: float) -> dict:
 
 
 def part_training(args, deadline: float) -> dict:
-    """One training.bench_training subprocess per (attention, compiled) configuration."""
+    """One training.studies.bench_training subprocess per (attention, compiled) configuration."""
     configs = TRAINING_CONFIGS if args.device == "cuda" else [("sdpa", False)]
     note = None if args.device == "cuda" else "CPU dry run: SDPA eager only (the kernel needs CUDA; compiling takes minutes on CPU)"
     if args.device == "cuda" and module_missing("triton"):
@@ -276,7 +276,7 @@ def part_training(args, deadline: float) -> dict:
             continue
         # Compiled runs need longer (torch.compile of G and D): give each its share of what is left.
         share = left / (len(configs) - index) * (1.2 if compiled else 0.8)
-        command = [sys.executable, "-m", "training.bench_training", "--preset", preset, "--batch-size", str(batch),
+        command = [sys.executable, "-m", "training.studies.bench_training", "--preset", preset, "--batch-size", str(batch),
                    "--steps", str(args.train_steps), "--impls", impl, "--device", args.device]
         if args.device == "cpu":
             command += ["--threads", "1"]

@@ -215,7 +215,7 @@ def create_app(explorer: Explorer) -> FastAPI:
 
     @app.get("/api/grid.png")
     def grid(start: str | None = None, count: str | None = None, truncation: str | None = None):
-        from training.images import image_grid
+        from training.data.images import image_grid
 
         seeds, threshold = grid_seeds(start, count), parse_truncation(truncation)
         picture = png_bytes(image_grid(explorer.faces(seeds, threshold)))

@@ -44,11 +44,11 @@ import torch
 from export import parity
 from export.onnx_export import LatentToImage, convert_fp16, export_onnx, fold_generator
 from export.pipeline import find_checkpoint, read_checkpoint
-from training.attention import set_attention_impl
+from training.networks.attention import set_attention_impl
 from training.checkpoint import generator_from_checkpoint
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
 from training.latents import seeds_to_latents
-from training.networks import Generator
+from training.networks.sagan import Generator
 from training.train import free_cores
 
 # name -> (device, precision for parity); PyTorch engine options are parsed from the name.

@@ -1,6 +1,6 @@
 """Generator -> ONNX: fold the training-time machinery into plain weights, export latent -> uint8 image.
 
-Graph: `latent` FP32 [B, 128] -> generator -> tanh -> training.images.to_uint8_nhwc -> `image` UINT8
+Graph: `latent` FP32 [B, 128] -> generator -> tanh -> training.data.images.to_uint8_nhwc -> `image` UINT8
 [B, 64, 64, 3], B dynamic. Before export the generator is folded:
 - spectral norm: `remove_parametrizations(leave_parametrized=True)` in eval mode stores W / sigma
   (sigma from the saved power-iteration vectors, exactly what eval-mode forward uses);
@@ -36,10 +36,10 @@ from onnx import helper, shape_inference
 from torch import nn
 from torch.nn.utils import parametrize
 
-from training.attention import set_attention_impl
+from training.networks.attention import set_attention_impl
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE
-from training.images import to_uint8_nhwc
-from training.networks import Generator
+from training.data.images import to_uint8_nhwc
+from training.networks.sagan import Generator
 
 OPSET = 18
 INPUT_NAME = "latent"

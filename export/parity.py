@@ -10,7 +10,7 @@ batch). Figures per batch size and their worst case:
   image, and no float-output twin of the model is exported. TensorRT engines report uint8 figures
   only (float null).
 - uint8_max_diff, uint8_share_gt1, uint8_share_gt2: on the uint8 output `image` against
-  training.images.to_uint8_nhwc(reference): the largest level difference and the share of pixel
+  training.data.images.to_uint8_nhwc(reference): the largest level difference and the share of pixel
   values off by more than 1 (resp. 2) levels. Off-by-one is expected: a float difference of 1e-7
   moves a value sitting on a .5 rounding boundary.
 
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from training.images import to_uint8_nhwc
+from training.data.images import to_uint8_nhwc
 from training.latents import seeds_to_latents
 
 PARITY_SEEDS = tuple(range(64))

@@ -24,7 +24,7 @@ import onnx
 import torch
 
 from export import onnx_export, parity, repository, tensorrt_build
-from training.attention import set_attention_impl
+from training.networks.attention import set_attention_impl
 from training.checkpoint import LATEST, CheckpointError, generator_from_checkpoint, load_checkpoint
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
 
@@ -170,7 +170,7 @@ def export_checkpoint(
             "source": {"checkpoint": str(checkpoint.resolve()), "sha256": digest, "bytes": checkpoint.stat().st_size, "weights": "G_ema"},
             "epoch": state["epoch"],  # completed training epochs
             "step": state["step"],
-            "architecture": {"generator": "training.networks.Generator", **model},
+            "architecture": {"generator": "training.networks.sagan.Generator", **model},
             "training_config": state.get("config"),
             "z_dim": model["z_dim"],
             "image_shape": [IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS],

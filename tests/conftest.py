@@ -30,7 +30,7 @@ def tiny_checkpoint_state(channels: int = TEST_CHANNELS, seed: int = 0) -> dict:
     import torch
 
     from training.constants import Z_DIM
-    from training.networks import Discriminator, Generator
+    from training.networks.sagan import Discriminator, Generator
 
     torch.manual_seed(seed)
     generator, ema = Generator(Z_DIM, channels=channels).train(), Generator(Z_DIM, channels=channels).train()
@@ -55,7 +55,7 @@ def tiny_checkpoint_state(channels: int = TEST_CHANNELS, seed: int = 0) -> dict:
 def publish_test_version(repo_dir: Path, channels: int = TEST_CHANNELS, seed: int = 0) -> PublishedVersion:
     """Publish a tiny random checkpoint into repo_dir/bamsgan/ with the real exporter (`make export`'s code)."""
     from export.pipeline import export_checkpoint
-    from training.attention import set_attention_impl
+    from training.networks.attention import set_attention_impl
     from training.checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint
 
     checkpoint = save_checkpoint(repo_dir.parent / "tiny-checkpoint.pt", tiny_checkpoint_state(channels, seed))

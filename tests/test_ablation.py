@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from training.ablation import LATEST, final_table, main, plot_metrics, ranked, read_jsonl, seed_rows, stop_epochs
+from training.studies.ablation import LATEST, final_table, main, plot_metrics, ranked, read_jsonl, seed_rows, stop_epochs
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.config import TrainConfig
 from training.constants import Z_DIM
-from training.images import to_uint8_nhwc
+from training.data.images import to_uint8_nhwc
 from training.latents import seeds_to_latents
 
 VARIANTS = ["bamsgan", "dcgan"]  # the full model and the cheapest ablation: blur, memory and attention all differ
@@ -192,8 +192,8 @@ def test_variants_are_ranked_by_fid_and_metrics_png_plots_it(tmp_path):
 
 
 def test_seed_study_reports_mean_and_spread_across_real_studies(study, study_seed1, tmp_path):
-    """training.seed_study over two real studies that differ only by --seed: tables, verdict and plot."""
-    from training import seed_study
+    """training.studies.seed_study over two real studies that differ only by --seed: tables, verdict and plot."""
+    from training.studies import seed_study
 
     second = study_seed1
     seed_study.main([str(study), str(second), "--out", str(tmp_path / "seeds")])
@@ -211,7 +211,7 @@ def test_seed_study_reports_mean_and_spread_across_real_studies(study, study_see
 
 def test_seed_study_joins_a_variant_trained_later_to_its_seed(study, study_seed1, tmp_path):
     """Each variant of seed 0 in a study of its own (same flags): the same report as the one study."""
-    from training import seed_study
+    from training.studies import seed_study
 
     second = study_seed1
     variants = json.loads((study / "study.json").read_text())["variants"]
@@ -248,7 +248,7 @@ def test_seed_study_joins_a_variant_trained_later_to_its_seed(study, study_seed1
 
 
 def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp_path, capsys):
-    from training import seed_study
+    from training.studies import seed_study
 
     other = tmp_path / "other"
     shutil.copytree(study, other)
@@ -264,7 +264,7 @@ def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp
 
 
 def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
-    from training.seed_study import verdict
+    from training.studies.seed_study import verdict
 
     def study(seed, fids):
         return {"seed": seed, "variants": {v: {1: {"kimg": 10.0, "fid": fid}} for v, fid in fids.items()}}
@@ -278,7 +278,7 @@ def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
 def test_seed_study_pairs_runs_of_one_seed():
     """The seeds' spread hides a difference that every seed shows alike; pairing by seed finds it,
     and does not find one whose sign changes from seed to seed."""
-    from training.seed_study import verdict
+    from training.studies.seed_study import verdict
 
     def study(seed, fids):
         return {"seed": seed, "variants": {v: {1: {"kimg": 10.0, "fid": fid}} for v, fid in fids.items()}}
@@ -297,7 +297,7 @@ def test_seed_study_pairs_runs_of_one_seed():
 def test_seed_study_compares_variants_of_unequal_speed_at_equal_training_time():
     """A wide model scores every 10 minutes, a narrow one every 5: at the time both reached, the wide
     one's figures are interpolated between its epochs either side, and the verdict reads those."""
-    from training.seed_study import at_minutes, common_minutes, verdict
+    from training.studies.seed_study import at_minutes, common_minutes, verdict
 
     def study(seed):
         narrow = {epoch: {"kimg": 35.0 * epoch, "train_min": 5.0 * epoch, "fid": 300 - 20 * epoch + seed} for epoch in range(1, 6)}

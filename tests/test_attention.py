@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.attention import SelfAttention2d, attention, attention_reference, set_attention_impl
+from training.networks.attention import SelfAttention2d, attention, attention_reference, set_attention_impl
 
 SHAPES = [(2, 16, 2, 16), (3, 64, 4, 32), (2, 256, 8, 64), (1, 1024, 2, 16), (2, 49, 16, 128)]
 

@@ -32,8 +32,8 @@ triton = pytest.importorskip("triton")
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from training import attention_kernel  # noqa: E402
-from training.attention import SelfAttention2d, attention_reference  # noqa: E402
+from training.networks import attention_kernel  # noqa: E402
+from training.networks.attention import SelfAttention2d, attention_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Interpreted standard library <=> triton was first imported with TRITON_INTERPRET=1.

@@ -9,7 +9,7 @@ import torch
 
 from tests.paths import MINI_TAR
 from training.blur import blur_subset, edge_blur
-from training.dataset import load_images
+from training.data.dataset import load_images
 
 
 

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from clients import benchmark, generate, perf_analyzer
 from clients.endpoints import EndpointPool
-from training.images import image_grid
+from training.data.images import image_grid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,7 +193,7 @@ def test_benchmark_closed_loop_and_compare_raw(triton_server, tmp_path, capsys):
     with Image.open(out / "latency_throughput.png") as plot:
         assert plot.size[0] > 400
     assert "served/raw" in printed and "p99 ms" in printed
-    # Issue 19: the lone-request figures, from a fresh run of 300 sequential one-seed requests (cache off here).
+    # The lone-request stall guard's figures, from a fresh run of 300 sequential one-seed requests (cache off here).
     lone = report["lone_requests"]
     assert lone["requests"] == benchmark.LONE_REQUESTS and lone["over_limit"] == 0 and 0 < lone["p50_ms"] <= lone["max_ms"]
     assert lone["c1_p99_ms"] > 0 and lone["c1_served_vs_raw"] > 0 and lone["c1_cache_lookups"] == 0

@@ -1,5 +1,5 @@
 """load_images on real anime faces: tar shards, globs, mixed folders, unreadable files, the cache; and
-training.download's offline path."""
+training.data.download's offline path."""
 
 import io
 import os
@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from tests.paths import MINI_TAR, SHARDS
-from training import download
-from training.dataset import decode_image, load_images
+from training.data import download
+from training.data.dataset import decode_image, load_images
 
 needs_mini = pytest.mark.skipif(not MINI_TAR.is_file(), reason=f"real test data {MINI_TAR} is absent")
 needs_shard = pytest.mark.skipif(not (SHARDS / "shard-001.tar").is_file(), reason=f"real test data {SHARDS} is absent")

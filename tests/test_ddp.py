@@ -146,7 +146,7 @@ def test_unsplittable_resume_and_unreachable_rendezvous_are_one_line(tmp_path):
 
 def test_global_batchnorm_in_one_process_is_batchnorm():
     from training.distributed import GlobalBatchNorm2d, use_global_batchnorm
-    from training.networks import Generator
+    from training.networks.sagan import Generator
 
     torch.manual_seed(0)
     plain = Generator(channels=4).train()

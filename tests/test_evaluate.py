@@ -20,7 +20,7 @@ import torch
 
 from clients.evaluate import main
 from tests.test_metrics import save_tiny_feature_network
-from training.inception import packaged_weights
+from training.metrics.inception import packaged_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DETECTOR = REPO_ROOT.parent / "shared" / "models" / "lbpcascade_animeface.xml"
@@ -186,8 +186,8 @@ def test_bad_files_and_data_are_one_line_errors(checkpoint, tmp_path, capsys):
     bad_input([*source, "--real", "synthetic", "-n", 99, "--out", out], capsys, "too few faces for FID")
     bad_input([*source, *with_fid, "--real-count", 50], capsys, "--real-count 50 is smaller than --count 100")
     few = tmp_path / "few-faces"
-    from training.images import save_png
-    from training.synthetic import synthetic_faces
+    from training.data.images import save_png
+    from training.data.synthetic import synthetic_faces
 
     for index, face in enumerate(synthetic_faces(5, seed=3)):
         save_png(few / f"{index}.png", face)

@@ -22,7 +22,7 @@ from export.onnx_export import fold_generator
 from export.pipeline import export_checkpoint, find_checkpoint
 from training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint, save_checkpoint
 from training.constants import MAX_BATCH_SIZE
-from training.images import to_uint8_nhwc
+from training.data.images import to_uint8_nhwc
 from training.latents import seeds_to_latents
 
 from .conftest import tiny_checkpoint_state

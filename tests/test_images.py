@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
+from training.data.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
 
 
 def test_uint8_round_trip_is_exact():

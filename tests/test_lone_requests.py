@@ -1,4 +1,4 @@
-"""A lone client against the repository's own config.pbtxt (issue 19), on a real tritonserver.
+"""A lone client against the repository's own config.pbtxt (the lone-request stall), on a real tritonserver.
 
 With a queue policy in config.pbtxt, Triton's dynamic batcher missed the wake-up for a request
 that arrived while the instance was still returning from the previous one and slept out its idle

@@ -1,4 +1,4 @@
-"""training/metrics.py: each metric against an independent reference, plus the FID/KID/precision/recall plumbing.
+"""training/metrics/face_quality.py: each metric against an independent reference, plus the FID/KID/precision/recall plumbing.
 
 The plumbing test runs the real product path (TorchScript weights file -> ONNX Runtime -> features ->
 FID, KID, precision, recall and their floor -> cached real statistics) on a TINY TorchScript network
@@ -18,8 +18,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from training import metrics
-from training.metrics import MetricsError, compute_metrics, format_metric
+from training.metrics import distances
+from training.metrics import face_quality as metrics
+from training.metrics.distances import MetricsError
+from training.metrics.face_quality import compute_metrics, format_metric
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
@@ -40,7 +42,7 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def faces() -> np.ndarray:
     """256 synthetic faces, uint8 NHWC (two disjoint halves act as two samples of one distribution)."""
-    from training.synthetic import synthetic_faces
+    from training.data.synthetic import synthetic_faces
 
     return synthetic_faces(256, seed=7)
 
@@ -49,7 +51,7 @@ def faces() -> np.ndarray:
 def real_faces() -> np.ndarray:
     if not MINI_TAR.is_file():
         pytest.skip(f"needs the real faces at {MINI_TAR}")
-    from training.dataset import load_images
+    from training.data.dataset import load_images
 
     return load_images(str(MINI_TAR), progress=False).pixels.numpy().transpose(0, 2, 3, 1)
 
@@ -73,7 +75,7 @@ def test_frechet_distance_matches_closed_form_for_gaussians():
     a, b = rng.uniform(0.5, 2.0, dim), rng.uniform(0.5, 2.0, dim)
     mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    got = metrics.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    got = distances.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
     assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -88,9 +90,9 @@ def test_fid_from_features_equals_the_direct_formula(count):
     s_fake, s_real = np.cov(fake, rowvar=False), np.cov(real, rowvar=False)
     diff = fake.mean(0) - real.mean(0)
     direct = diff @ diff + np.trace(s_fake) + np.trace(s_real) - 2 * np.trace(scipy.linalg.sqrtm(s_fake @ s_real).real)
-    value, spread = metrics.fid_from_features(fake, real, np.random.default_rng(0))
+    value, spread = distances.fid_from_features(fake, real, np.random.default_rng(0))
     assert value == pytest.approx(direct, rel=1e-6)
-    assert value == pytest.approx(metrics.frechet_distance(fake.mean(0), s_fake, real.mean(0), s_real), rel=1e-6)
+    assert value == pytest.approx(distances.frechet_distance(fake.mean(0), s_fake, real.mean(0), s_real), rel=1e-6)
     assert 0 < spread < value
 
 
@@ -99,19 +101,19 @@ def test_fid_of_large_gaussian_samples_approaches_the_population_value():
     dim = 8
     fake = rng.standard_normal((20000, dim)) * 2.0 + 1.0  # N(1, 4 I)
     real = rng.standard_normal((20000, dim))  # N(0, I): FID = 8 * 1 + 8 * (2 - 1)^2 = 16
-    value, spread = metrics.fid_from_features(fake, real, np.random.default_rng(0))
+    value, spread = distances.fid_from_features(fake, real, np.random.default_rng(0))
     assert value == pytest.approx(16.0, abs=4 * spread + 0.2)
 
 
 def test_kid_is_zero_for_two_samples_of_one_set_and_positive_for_a_shift():
     rng = np.random.default_rng(3)
     features = rng.standard_normal((400, 16)).astype(np.float32)
-    same, same_std, size = metrics.kid_from_features(features[:200], features[200:], np.random.default_rng(0))
+    same, same_std, size = distances.kid_from_features(features[:200], features[200:], np.random.default_rng(0))
     assert size == 100 and same_std > 0  # subsets of half the set: they differ
     # Unbiased: the mean over subsets of one distribution is 0 up to noise (the full-set estimate's
     # std, about half a subset's std here); a biased estimate would sit well above 0.
     assert abs(same) < 2 * same_std
-    moved, moved_std, _ = metrics.kid_from_features(features[:200] + 0.5, features[200:], np.random.default_rng(0))
+    moved, moved_std, _ = distances.kid_from_features(features[:200] + 0.5, features[200:], np.random.default_rng(0))
     assert moved > 5 * moved_std and moved > 20 * abs(same)
 
 
@@ -261,7 +263,7 @@ def test_found_files_follow_path_then_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BAMSGAN_INCEPTION_WEIGHTS", str(chosen))
     assert metrics.find_inception_weights() == chosen
     monkeypatch.delenv("BAMSGAN_INCEPTION_WEIGHTS")
-    from training.inception import packaged_weights
+    from training.metrics.inception import packaged_weights
 
     assert metrics.find_inception_weights() == packaged_weights()  # the packaged network by default (None if not installed)
 
@@ -284,9 +286,9 @@ def test_format_metric_line():
 
 
 def test_faces_from_generator_uses_the_seed_mapping():
-    from training.images import to_uint8_nhwc
+    from training.data.images import to_uint8_nhwc
     from training.latents import seeds_to_latents
-    from training.networks import Generator
+    from training.networks.sagan import Generator
 
     torch.manual_seed(0)
     generator = Generator(channels=8).train()
@@ -324,7 +326,7 @@ def tiny_feature_network(tmp_path_factory) -> Path:
 
 
 def test_fid_kid_precision_recall_plumbing_with_a_tiny_network(faces, tiny_feature_network, tmp_path):
-    from training.synthetic import synthetic_faces
+    from training.data.synthetic import synthetic_faces
 
     fakes, reals, floor = blurred(faces[:128], 2.0), faces[128:], synthetic_faces(128, seed=8)
     results = compute_metrics(fakes, reals, ["fid", "kid", "precision", "recall"], inception_weights=tiny_feature_network, floor_reals=floor)
@@ -344,17 +346,17 @@ def test_fid_kid_precision_recall_plumbing_with_a_tiny_network(faces, tiny_featu
 def test_precision_recall_identical_sets_and_a_subset():
     rng = np.random.default_rng(3)
     real = rng.standard_normal((400, 32)).astype(np.float32)
-    assert metrics.precision_recall(real, real) == (1.0, 1.0)
-    precision, recall = metrics.precision_recall(real[:50], real)  # collapsed onto an eighth of the data
+    assert distances.precision_recall(real, real) == (1.0, 1.0)
+    precision, recall = distances.precision_recall(real[:50], real)  # collapsed onto an eighth of the data
     assert precision == 1.0 and recall < 0.9
-    shifted_precision, _ = metrics.precision_recall(real + 3.0, real)  # off the data: not realistic
+    shifted_precision, _ = distances.precision_recall(real + 3.0, real)  # off the data: not realistic
     assert shifted_precision < 0.2
 
 
 def test_nearest_distances_match_brute_force():
     rng = np.random.default_rng(4)
     query, reference = rng.standard_normal((50, 8)), rng.standard_normal((70, 8))
-    distances, indices = metrics.nearest_distances(query, reference, k=2, block=16)
+    distances, indices = distances.nearest_distances(query, reference, k=2, block=16)
     brute = np.linalg.norm(query[:, None] - reference[None], axis=2)
     np.testing.assert_array_equal(indices, np.argsort(brute, axis=1)[:, :2])
     np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :2], rtol=1e-4)
@@ -364,7 +366,7 @@ def test_nearest_distances_match_brute_force():
 
 
 def test_download_fetches_the_detector_and_keeps_an_existing_one(tmp_path, capsys):
-    from training import download
+    from training.data import download
 
     source = tmp_path / "served.xml"
     source.write_text("<opencv_storage/>")

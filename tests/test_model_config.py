@@ -232,8 +232,8 @@ def test_ensemble_walks_like_the_served_model(ensemble_server, triton_server):
 
 
 def test_tuning_variants_are_valid_configs():
-    """`make tune-serving` (serving/tune.py) serves config.pbtxt with a few settings changed: each must parse."""
-    from serving.tune import VARIANTS, variant_config
+    """`make tune-serving` (clients/tune_serving.py) serves config.pbtxt with a few settings changed: each must parse."""
+    from clients.tune_serving import VARIANTS, variant_config
 
     text = (REPO_ROOT / "model_repository/bamsgan/config.pbtxt").read_text()
     for name, settings in VARIANTS.items():

@@ -1,7 +1,7 @@
 import torch
 
-from training.attention import SelfAttention2d
-from training.networks import Discriminator, Generator
+from training.networks.attention import SelfAttention2d
+from training.networks.sagan import Discriminator, Generator
 
 
 def test_shapes_and_layout():
@@ -46,7 +46,7 @@ def test_ablation_without_attention():
 def test_spectral_norm_matches_torch_and_ignores_autocast():
     from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-    from training.spectral_norm import spectral_norm
+    from training.networks.spectral_norm import spectral_norm
 
     for make in (lambda: torch.nn.Conv2d(8, 16, 3), lambda: torch.nn.ConvTranspose2d(8, 16, 4)):
         torch.manual_seed(0)

@@ -24,7 +24,7 @@ from training.checkpoint import (
     LATEST, TRAINING_KEYS, CheckpointError, generator_from_checkpoint, load_checkpoint, require_training_state,
 )
 from training.constants import Z_DIM
-from training.images import image_grid, to_uint8_nhwc
+from training.data.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
 from training.config import config_from_dict
 from training.train import train
@@ -284,7 +284,7 @@ def test_the_demo_shows_the_released_generator_beside_its_run(run, released, tmp
     """clients/demo.py's released stage: the release exported as the server would load it, its faces for the
     demo's seeds (ONNX Runtime) beside the demo run's grid."""
     from clients.demo import SEED_COUNT, Stages, released_stage
-    from training.images import save_png
+    from training.data.images import save_png
 
     out = tmp_path / "demo"
     save_png(out / "faces.png", image_grid(faces(generator_from_checkpoint(load_checkpoint(run / LATEST)), np.arange(SEED_COUNT))))

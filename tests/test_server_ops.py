@@ -1,4 +1,4 @@
-"""Day-two operations of the served model against real tritonservers (issue 12):
+"""Day-two operations of the served model against real tritonservers:
 
 the guarded HTTP endpoint, crash clean-up and restart, bursts, the response cache,
 warm-up and new exports picked up under load. No timing assertions: statuses, counts, memory

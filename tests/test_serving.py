@@ -93,7 +93,7 @@ def test_concurrent_requests_are_deterministic(triton_server):
 def test_matches_the_local_generator(grpc_client, triton_server):
     import torch
 
-    from training.images import to_uint8_nhwc
+    from training.data.images import to_uint8_nhwc
 
     seeds = [0, 3, 17, 123456789, 2**62]
     served = generate(grpc_client, seeds)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset import load_images
-from training.synthetic import synthetic_faces
+from training.data.dataset import load_images
+from training.data.synthetic import synthetic_faces
 
 
 def test_deterministic_and_independent_of_count():

@@ -13,7 +13,7 @@ from PIL import Image
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.config import PRESETS, TrainConfig, parse_args
 from training.constants import Z_DIM
-from training.images import image_grid, to_uint8_nhwc
+from training.data.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
 from training.train import LATEST, main, train
 
@@ -168,7 +168,7 @@ def test_default_run_dir_has_no_glob_characters():
 def test_metrics_every_epoch_and_d_logits_per_part(tmp_path, monkeypatch):
     """--metrics-every 1 on synthetic data: one metrics.jsonl record per epoch in the contract's format
     (the resumed run appends), and D's mean logit per input part in stats.jsonl."""
-    from training.metrics import HEADLINE_METRIC, METRIC_NAMES
+    from training.metrics.face_quality import HEADLINE_METRIC, METRIC_NAMES
 
     monkeypatch.setenv("BAMSGAN_CACHE", str(tmp_path / "cache"))  # the metrics' real-set statistics cache
     run = tmp_path / "run"

@@ -16,8 +16,8 @@ import torch
 
 from training.config import ABLATIONS, CANDIDATES, PAPER_ABLATIONS, TUNING_LADDER, TrainConfig, parse_args
 from training.constants import Z_DIM
-from training.images import from_uint8_nchw
-from training.networks import Generator
+from training.data.images import from_uint8_nchw
+from training.networks.sagan import Generator
 from training.train import LATEST, STANDING_BATCH_SIZE, STANDING_BATCHES, Trainer, evaluate_now, standing_statistics, train
 
 from .paths import REPO
@@ -322,8 +322,8 @@ def test_minutes_parse_and_bad_budgets_are_refused(capsys):
 
 
 def test_the_study_trains_the_papers_ablations_by_default():
-    from training.ablation import parse_args as study_args
-    from training.ablation import study_options
+    from training.studies.ablation import parse_args as study_args
+    from training.studies.ablation import study_options
 
     args, train_args = study_args([])
     assert study_options(args, train_args, None)["variants"] == list(PAPER_ABLATIONS)
@@ -368,7 +368,7 @@ def test_the_ladder_ends_at_todays_defaults():
 def test_bench_training_refuses_an_unknown_variant_in_one_line():
     # The measuring run itself (`--variants eager,channels-last --steps 1`) takes minutes on 2 busy cores:
     # not run here.
-    command = [sys.executable, "-m", "training.bench_training", "--variants", "eager+bogus",
+    command = [sys.executable, "-m", "training.studies.bench_training", "--variants", "eager+bogus",
                "--threads", "1", "--steps", "1", "--batch-size", "8"]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=300)

@@ -23,7 +23,7 @@ from clients import ui
 from clients.endpoints import EndpointPool
 from clients.generate import request_faces, walk_from_pool
 from serving.launcher import free_ports
-from training.images import image_grid
+from training.data.images import image_grid
 from training.latents import MAX_SEED
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

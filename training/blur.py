@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.dataset import cache_digest, cache_load, cache_root, cache_save
+from training.data.dataset import cache_digest, cache_load, cache_root, cache_save
 
 CACHE_FORMAT = 1
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from training.networks import Generator
+from training.networks.sagan import Generator
 
 FORMAT = "bamsgan-checkpoint"
 FORMAT_VERSION = 1

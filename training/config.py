@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from training.attention import ATTENTION_IMPLS
+from training.networks.attention import ATTENTION_IMPLS
 from training.augment import parse_policy
 from training.constants import Z_DIM
 from training.loss import FAKE_TERMS
@@ -94,7 +94,8 @@ class TrainConfig:
 
     # Runtime
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast on CUDA (on a CPU only with cpu_amp too)
+    cpu_amp: bool = False  # bf16 autocast on a CPU with native bf16 (avx512_bf16 / amx_bf16); elsewhere ignored
     channels_last: bool = True  # NHWC activations (CUDA and oneDNN on CPU)
     compile: bool = False  # torch.compile G and D
     threads: int = 0  # torch CPU threads; 0 = the free cores
@@ -103,14 +104,14 @@ class TrainConfig:
     keep_checkpoints: int = 3  # per-epoch checkpoints kept (checkpoint-latest.pt always)
     tensorboard: bool = True  # TensorBoard event files in the run directory (training/tensorboard_log.py), beside stats.jsonl
 
-    # Face-quality metrics of G-EMA during training (training/metrics.py), appended to metrics.jsonl
+    # Face-quality metrics of G-EMA during training (training/metrics/face_quality.py), appended to metrics.jsonl
     metrics_every: int = 0  # epochs; 0 = off. When on, the last epoch is always evaluated
     # Fakes (seeds 0..N-1) and reals per evaluation. With FID (>= 100) each evaluation runs N Inception
     # passes: ~2-3 min at N = 1000 on 2 CPU cores (reals cached); seconds on a GPU.
     metrics_count: int = 1000
     metrics_data: str | None = None  # real images for the metrics (a --data source); default: the training data
-    detector: str | None = None  # face-detector cascade; default: training.metrics.find_detector()
-    inception_weights: str | None = None  # FID/KID weights; default: training.metrics.find_inception_weights()
+    detector: str | None = None  # face-detector cascade; default: training.metrics.face_quality.find_detector()
+    inception_weights: str | None = None  # FID/KID weights; default: training.metrics.face_quality.find_inception_weights()
 
     def __post_init__(self) -> None:
         if self.fake_terms not in FAKE_TERMS:
@@ -167,14 +168,14 @@ TUNING_LADDER: dict[str, dict] = {
                            "flip": True, "blur_fraction": 1.0},
 }
 
-# Candidate fixes for BaMSGAN's collapse on long runs (issue 20), each one change from today's defaults,
-# so a study can put any of them beside "bamsgan" and "sagan" (training.ablation --variants ...).
+# Candidate fixes for BaMSGAN's collapse on long runs, each one change from today's defaults,
+# so a study can put any of them beside "bamsgan" and "sagan" (training.studies.ablation --variants ...).
 STYLEGAN_EMA = dict(ema_kimg=10.0, ema_rampup=0.05)
 DIFF_AUGMENT = "color,translation,cutout"
 CANDIDATES: dict[str, dict] = {
     "ema-10kimg": STYLEGAN_EMA,  # StyleGAN2-ADA's EMA: 10 kimg half-life, ramp-up 0.05 (today ~22 kimg)
     "diffaugment": dict(augment=DIFF_AUGMENT),
-    # 3 seeds each at 140 kimg (README, issue 20): FID 344 ± 8, 329 ± 24, 324 ± 13 and 347 ± 26 (in this
+    # 3 seeds each at 140 kimg (docs/results.md): FID 344 ± 8, 329 ± 24, 324 ± 13 and 347 ± 26 (in this
     # order) against BaMSGAN 349 ± 29 and SAGAN 288 ± 26. None closes the gap: D still scores blurred faces nearly as real.
     "blur-10pct": dict(blur_fraction=0.1),  # the paper's share of blurred faces
     "blur-weight-0.5": dict(blur_weight=0.5),

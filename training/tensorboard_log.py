@@ -41,7 +41,7 @@ class TrainingBoard:
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=None if resume_step is None else resume_step + 1)
 
     def epoch(self, stats: dict, metrics: dict[str, dict] | None = None, grid: np.ndarray | None = None) -> None:
-        """stats: the epoch's stats.jsonl record; metrics: training.metrics results ({name: {"value": ...}});
+        """stats: the epoch's stats.jsonl record; metrics: training.metrics.face_quality results ({name: {"value": ...}});
         grid: the sample grid, uint8 [H, W, 3]."""
         step = int(stats["step"])
         for name, value in stats.items():

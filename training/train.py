@@ -10,7 +10,7 @@ Every epoch: sample grid from G-EMA at fixed seeds, one line in stats.jsonl (los
 logit on each input part, so the balance between D and G is visible), the same figures and the grid
 as TensorBoard events (training/tensorboard_log.py), a checkpoint. With
 --metrics-every K, every K-th epoch (and the last) G-EMA's faces at fixed seeds are scored against a
-fixed real set (training/metrics.py) and one line is appended to metrics.jsonl.
+fixed real set (training/metrics/face_quality.py) and one line is appended to metrics.jsonl.
 `--resume` restores G, D, G-EMA, optimisers, memory, RNG and position: on CPU a resumed run
 reproduces the uninterrupted run's weights exactly.
 
@@ -43,32 +43,28 @@ from training.blur import blur_subset
 from training.checkpoint import LATEST, CheckpointError, load_checkpoint, require_training_state, save_checkpoint
 from training.config import TrainConfig, config_from_dict, parse_args
 from training.constants import Z_DIM
-from training.dataset import ImageSet, load_images
+from training.data.dataset import ImageSet, load_images
 from training.distributed import (
     World, all_mean, barrier, broadcast_object, check_batch_split, check_identical, data_parallel, gather_rows,
     init_process_group, leave_quietly, main_first, rows, shutdown, use_global_batchnorm, world_from_environment,
 )
-from training.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
+from training.data.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
 from training.latents import seeds_to_latents
 from training.loss import discriminator_loss, generator_loss
 from training.memory import MemoryRepository
-from training.networks import Discriminator, Generator
-from training.spectral_norm import spectral_norm_original_weights
+from training.networks.sagan import Discriminator, Generator
+from training.networks.spectral_norm import spectral_norm_original_weights
 from training.tensorboard_log import TrainingBoard
+from training.hardware import cpu_has_native_bf16, free_cores, pick_device
 
 
-def pick_device(name: str, world: World = World()) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but this machine has no CUDA GPU (torch.cuda.is_available() is False)")
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-    if device.type == "cuda" and world.distributed:  # one GPU per process: torchrun's LOCAL_RANK
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def free_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast for G's and D's layers (spectral norm's power iteration, the losses, Adam and the
+    EMA stay fp32): on CUDA with --amp; on a CPU with --cpu-amp where it has native bf16 (AVX512-BF16
+    or AMX), since elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return config.amp
+    return config.amp and config.cpu_amp and cpu_has_native_bf16()
 
 
 class Trainer:
@@ -78,6 +74,7 @@ class Trainer:
                  world: World = World()):
         self.config, self.device, self.world = config, device, world
         self.cuda = device.type == "cuda"
+        self.bf16 = use_bf16(config, device)
         self.rows = rows(world, check_batch_split(config.batch_size, world))  # this rank's rows of each global batch
         torch.manual_seed(config.seed)
         model = config.model
@@ -116,8 +113,7 @@ class Trainer:
 
     # -- one training step -------------------------------------------------------------------
     def autocast(self):
-        enabled = self.cuda and self.config.amp
-        return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def _images(self, pixels: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 pixels -> model images, mirrored where `flips` (bool [B]) is set."""
@@ -282,9 +278,9 @@ def standing_statistics(generator: torch.nn.Module, seed: int) -> None:
 def measure(config: TrainConfig, steps: int, windows: int = 3) -> dict:
     """Time `windows` x `steps` full training steps on random images after 3 warm-up steps: images/s
     (the global batch over the processes' wall time; under torchrun every rank runs this) per window,
-    their mean, and peak memory (`--bench STEPS`; training/bench_training.py compares with it)."""
+    their mean, and peak memory (`--bench STEPS`; training/studies/bench_training.py compares with it)."""
     world = world_from_environment()
-    device = pick_device(config.device, world)
+    device = pick_device(config.device, world.local_rank if world.distributed else None)
     init_process_group(world, device.type)
     torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
     generator = torch.Generator().manual_seed(0)
@@ -399,7 +395,7 @@ def load_data(config: TrainConfig, log=print) -> tuple[ImageSet, torch.Tensor | 
 
 
 class FaceMetrics:
-    """G-EMA's face-quality metrics (training/metrics.py) against one fixed real set.
+    """G-EMA's face-quality metrics (training/metrics/face_quality.py) against one fixed real set.
 
     The real faces are loaded once per run: an evenly spaced subset of `metrics_count` of them, a
     function of the data alone, so the metrics module's cache of real-set statistics serves every
@@ -408,7 +404,7 @@ class FaceMetrics:
     """
 
     def __init__(self, config: TrainConfig, train_images: ImageSet):
-        from training import metrics  # scipy and the metric models only load when metrics are asked for
+        from training.metrics import face_quality as metrics  # scipy and the metric models only load when metrics are asked for
 
         self.metrics, self.config = metrics, config
         real = train_images if config.metrics_data is None else load_images(
@@ -447,6 +443,7 @@ def run_info(config: TrainConfig, device: torch.device, world: World) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "processes": world.size,
+        "bf16": use_bf16(config, device),
     }
 
 
@@ -560,7 +557,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     process calls this; rank 0 alone writes into run_dir (which other nodes must see: every rank
     reads the checkpoint it resumes from)."""
     world = world or world_from_environment()
-    device = pick_device(config.device, world)
+    device = pick_device(config.device, world.local_rank if world.distributed else None)
     init_process_group(world, device.type)
     log = print if world.main else (lambda *args, **kwargs: None)
     check_run_dir(run_dir, resume)
@@ -585,8 +582,11 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     batch = config.batch_size
     steps_per_epoch = len(images.pixels) // batch
     processes = f", {world.size} processes x {batch // world.size} images" if world.distributed else ""
-    log(f"training on {device} ({torch.get_num_threads()} threads{processes}): {steps_per_epoch} steps/epoch of {batch}, "
+    precision = "bf16 autocast" if trainer.bf16 else "fp32"
+    log(f"training on {device} ({torch.get_num_threads()} threads{processes}, {precision}): {steps_per_epoch} steps/epoch of {batch}, "
         f"epochs {trainer.epoch + 1}..{config.epochs}, run dir {run_dir}")
+    if device.type == "cpu" and config.amp and config.cpu_amp and not trainer.bf16:
+        log("--cpu-amp: this CPU has no native bf16 (avx512_bf16 / amx_bf16 in /proc/cpuinfo), so the run stays in fp32")
     if config.minutes is not None:
         log(f"time budget: {config.minutes:g} minutes of training ({trainer.train_seconds / 60:.1f} spent), at most {config.epochs} epochs")
     try:
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"attention_impl": config.attention_impl, "batch_size": config.batch_size, **result}))
         return
     world = world_from_environment()
-    init_process_group(world, pick_device(config.device, world).type)  # its errors name the rank: every rank prints
+    init_process_group(world, pick_device(config.device, world.local_rank if world.distributed else None).type)  # its errors name the rank: every rank prints
     run_dir = Path(args.out) if args.out else Path(broadcast_object(world, str(default_run_dir(config))))  # rank 0's clock
     try:
         train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world, resume_minutes=args.minutes)

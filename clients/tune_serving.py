@@ -1,6 +1,6 @@
 """Serving configuration sweep (`make tune-serving`): latency against throughput per config.pbtxt variant.
 
-    python -m serving.tune --model-repository model_repository --out out/tune [--repeats 2]
+    python -m clients.tune_serving --model-repository model_repository --out out/tune [--repeats 2]
 
 Each variant is the repository's config.pbtxt with a few settings changed (dynamic batching delay,
 instance count, ONNX Runtime threads, preferred batch sizes). For each, a server of its own (response
@@ -180,7 +180,7 @@ def run_model_analyzer(executable: str, args, names: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.tune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.tune_serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--out", type=Path, default=Path("out/tune"))
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating (default %(default)s)")

@@ -1,12 +1,12 @@
 """One ablation study repeated over seeds: each metric as the mean ± sd across seeds.
 
-    python -m training.seed_study runs/equal-seed0 runs/equal-seed1 runs/equal-seed2 --out training/results/equal-3seeds
+    python -m training.studies.seed_study runs/equal-seed0 runs/equal-seed1 runs/equal-seed2 --out training/results/equal-3seeds
 
-Each argument is a folder written by `python -m training.ablation` (same variants and flags, only
+Each argument is a folder written by `python -m training.studies.ablation` (same variants and flags, only
 --seed differs). Several folders of one seed, each with its own --variants and otherwise the same
 flags, count as one study of all their variants: a candidate trained later joins the baselines'
 seeds without retraining them (`runs/equal-seed0 runs/candidate-seed0 ...`). A GAN's result moves
-with its seed by more than one evaluation's own uncertainty, so a comparison between variants is only drawn from the spread across seeds (issue 20: at least 3).
+with its seed by more than one evaluation's own uncertainty, so a comparison between variants is only drawn from the spread across seeds (at least 3).
 
 Writes into --out: seeds.md (the tables below), seeds.json (every figure), seeds.png (metrics against
 kimg, one line per seed, a colour per variant). The tables:
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from training.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
-from training.metrics import METRIC_NAMES
+from training.studies.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
+from training.metrics.face_quality import METRIC_NAMES
 
 LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
 TABLE_METRICS = ("fid", "kid", "precision", "recall", "swd", "sharpness", "diversity", "dr")
@@ -305,7 +305,7 @@ def write(studies: list[dict], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.seed_study", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.studies.seed_study", description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", type=Path,
                         help="ablation study folders: one per seed, or several per seed that add variants with the same flags")
     parser.add_argument("--out", type=Path, required=True, help="folder for seeds.md, seeds.json, seeds.png")

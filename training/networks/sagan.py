@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.attention import SelfAttention2d
+from training.networks.attention import SelfAttention2d
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE, Z_DIM
-from training.spectral_norm import spectral_norm
+from training.networks.spectral_norm import spectral_norm
 
 
 def _up_block(in_channels: int, out_channels: int, first: bool = False) -> nn.Sequential:

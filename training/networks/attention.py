@@ -10,7 +10,7 @@ Implementations of the attention core (all take q, k [B, N, Cqk] and v [B, N, C]
 - "sdpa": torch.nn.functional.scaled_dot_product_attention with scale=1 (fused; no [N, N]
   matrix on CUDA's memory-efficient kernel). q/k are zero-padded to v's width on CPU: zero
   channels add nothing to q.k, and CPU's fused kernel only serves equal widths (measured 3x).
-- "kernel": the custom OpenAI Triton kernel (training/attention_kernel.py) for CUDA tensors.
+- "kernel": the custom OpenAI Triton kernel (training/networks/attention_kernel.py) for CUDA tensors.
 - "auto": the kernel on CUDA when Triton is available, SDPA otherwise.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.spectral_norm import spectral_norm
+from training.networks.spectral_norm import spectral_norm
 
 ATTENTION_IMPLS = ("auto", "reference", "sdpa", "kernel")
 
@@ -49,7 +49,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 @functools.cache  # a failed import is not cached by Python: don't retry it on every forward
 def _kernel_available() -> bool:
     try:
-        from training import attention_kernel  # noqa: F401  (needs OpenAI Triton)
+        from training.networks import attention_kernel  # noqa: F401  (needs OpenAI Triton)
     except ImportError:
         return False
     return True
@@ -62,7 +62,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
     if impl == "reference":
         return attention_reference(q, k, v)
     if impl == "kernel":
-        from training.attention_kernel import sagan_attention
+        from training.networks.attention_kernel import sagan_attention
 
         return sagan_attention(q, k, v)
     if impl == "sdpa":

@@ -1,11 +1,11 @@
 """Download the paper's dataset and the metrics' face detector (`make data`).
 
-    python -m training.download [--dest data/anime-faces] [--what images|detector|all]   (make data: all)
+    python -m training.data.download [--dest data/anime-faces] [--what images|detector|all]   (make data: all)
 
 Images: the Dataset/images/ folder of github.com/ANI717/Anime_Face_Generation_with_GANs (63,565
 JPEG anime faces, ~Kaggle animefacedataset): downloads the repository zip, extracts only the images
 into DEST (never overwriting a file already there) and deletes the zip. Detector: nagadomi's
-lbpcascade_animeface.xml into data/ (where training.metrics.find_detector looks), kept if present.
+lbpcascade_animeface.xml into data/ (where training.metrics.face_quality.find_detector looks), kept if present.
 Without network access each says so in one line and the command exits with code 2.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from training.dataset import IMAGE_EXTENSIONS
-from training.metrics import DETECTOR_DEFAULTS, DETECTOR_URL
+from training.data.dataset import IMAGE_EXTENSIONS
+from training.metrics.face_quality import DETECTOR_DEFAULTS, DETECTOR_URL
 
 URL = "https://codeload.github.com/ANI717/Anime_Face_Generation_with_GANs/zip/HEAD"  # default branch
 IMAGES_FOLDER = "/Dataset/images/"

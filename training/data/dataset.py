@@ -223,7 +223,7 @@ def load_images(
     if source == "synthetic":
         if synthetic_size < 1 or seed < 0:
             raise ValueError(f"synthetic data needs synthetic_size >= 1 and seed >= 0, got {synthetic_size} and {seed}")
-        from training import synthetic
+        from training.data import synthetic
 
         count = synthetic_size if max_images is None else min(synthetic_size, max_images)
         code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()  # new drawing code, new cache

@@ -1,4 +1,4 @@
-"""The ablation study as one command: `python -m training.ablation --data DATA --epochs N [--out STUDY]`.
+"""The ablation study as one command: `python -m training.studies.ablation --data DATA --epochs N [--out STUDY]`.
 
 Trains the variants of `training.config.ABLATIONS` (BaMSGAN, SAGAN, blur-only, memory-only, DCGAN)
 on the same data, seed, preset and epoch budget, scores each one's G-EMA every K epochs (and every
@@ -55,7 +55,7 @@ LATEST = "checkpoint-latest.pt"  # training.train.LATEST (not imported: that pul
 STUDY_FLAGS = ("--out", "--resume", "--ablation", "--data", "--epochs", "--seed", "--preset", "--metrics-every",
                "--metrics-count", "--metrics-data", "--detector", "--inception-weights", "--bench")
 # Options that define a study: continuing with any of them changed is refused.
-# How to read each metric (training/metrics.py defines them): lower is better, or a ratio generated / real.
+# How to read each metric (training/metrics/face_quality.py defines them): lower is better, or a ratio generated / real.
 RATIO_METRICS = ("sharpness", "diversity", "detector")
 METRIC_TITLES = {"fid": "fid (lower is better)", "kid": "kid (lower is better)", "precision": "precision (higher is better)",
                  "recall": "recall (higher is better)", "swd": "swd x1e3 (lower is better)",
@@ -71,7 +71,7 @@ COMPARED = ("data", "epochs", "variants", "preset", "seed", "metrics_every", "me
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m training.ablation", allow_abbrev=False,
+        prog="python -m training.studies.ablation", allow_abbrev=False,
         description="Train every ablation variant on the same data, seed and budget; tabulate and plot their metrics. "
                     "Flags not listed here (e.g. --channels 4, --memory-fill-epoch 3) are passed to every training run.")
     parser.add_argument("--data", help="training data, as for training.train --data (default synthetic)")
@@ -88,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--metrics-count", type=int, metavar="N", help="fakes and reals per evaluation (default 1000)")
     parser.add_argument("--metrics-data", help="real faces to score against; use images the runs did not train on "
                                                "(default: the training data)")
-    parser.add_argument("--detector", help="face-detector cascade (default: training.metrics.find_detector)")
-    parser.add_argument("--inception-weights", help="FID/KID weights (default: training.metrics.find_inception_weights)")
+    parser.add_argument("--detector", help="face-detector cascade (default: training.metrics.face_quality.find_detector)")
+    parser.add_argument("--inception-weights", help="FID/KID weights (default: training.metrics.face_quality.find_inception_weights)")
     parser.add_argument("--grid-seeds", type=int, help="seeds 0..S-1 in the side-by-side grid (default 8)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="train N variants at once, each on cores/N threads (an equal time budget side by side; default 1)")
@@ -277,7 +277,7 @@ def collect(study_dir: Path, options: dict) -> dict[str, dict]:
 
 
 def metric_names(runs: dict) -> list[str]:
-    from training.metrics import METRIC_NAMES
+    from training.metrics.face_quality import METRIC_NAMES
 
     seen = {name for run in runs.values() for record in run["metrics"].values() for name in record["metrics"]}
     return [name for name in METRIC_NAMES if name in seen] + sorted(seen - set(METRIC_NAMES))
@@ -426,7 +426,7 @@ def seed_rows(study_dir: Path, variants: list[str], count: int) -> tuple[np.ndar
     """uint8 [rows * count, 64, 64, 3]: seeds 0..count-1 through each variant's final G-EMA (variants
     without a checkpoint left out), and a label per row."""
     from training.checkpoint import generator_from_checkpoint, load_checkpoint
-    from training.metrics import faces_from_generator
+    from training.metrics.face_quality import faces_from_generator
 
     rows, labels = [], []
     for variant in variants:
@@ -445,7 +445,7 @@ def seed_grid(study_dir: Path, variants: list[str], count: int, path: Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.images import image_grid
+    from training.data.images import image_grid
 
     faces, labels = seed_rows(study_dir, variants, count)
     if not labels:
@@ -530,7 +530,7 @@ def report_header(options: dict) -> list[str]:
         + (f", trainer flags `{' '.join(options['train_args'])}`" if options["train_args"] else "") + ". "
         f"G-EMA scored every {options['metrics_every']} epoch(s) and at each of the last {options['metrics_last']}: "
         f"{count} faces (seeds 0–{count - 1}) against {count} real faces from `{real_set}`. "
-        "Values are ± the metric's own uncertainty (training/metrics.py). "
+        "Values are ± the metric's own uncertainty (training/metrics/face_quality.py). "
         "train img/s: the median epoch's training speed; wall min: the variant's whole time, training, scoring and start-up.",
         "",
     ]
@@ -552,7 +552,7 @@ def report_status(runs: dict, options: dict) -> list[str]:
 
 def report_tables(runs: dict, names: list[str], last_epochs: list[int]) -> list[str]:
     """Every metric at the last scored epoch, their mean over the last epochs, and DR per epoch (Table 1's shape)."""
-    from training.metrics import INCEPTION_METRICS
+    from training.metrics.face_quality import INCEPTION_METRICS
 
     ranking = ("Rows are ranked by FID at the last scored epoch, best first." if any(math.isfinite(final_fid(run)) for run in runs.values())
                else "No FID on record, so rows keep the study's order (FID needs metrics_count >= 100).")
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.jobs > 1 and not any(arg.split("=")[0] == "--threads" for arg in train_args):
             # The cores shared out, recorded in the study's train_args: a continued study uses the same.
             train_args = [*train_args, "--threads", str(max(1, len(os.sched_getaffinity(0)) // args.jobs))]
-        command = shlex.join(["python", "-m", "training.ablation", *(sys.argv[1:] if argv is None else argv)])
+        command = shlex.join(["python", "-m", "training.studies.ablation", *(sys.argv[1:] if argv is None else argv)])
         options = open_study(study_dir, args, train_args, command)
         print(f"ablation study in {study_dir}: {', '.join(options['variants'])}, {options['epochs']} epochs each")
         try:
