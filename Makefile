@@ -12,7 +12,7 @@ PRESET ?= cpu
 EPOCHS ?=
 OUT ?=
 TRAIN_ARGS ?=
-# evaluate: the source is EVAL_URL (a live server), EVAL_VERSION (an exported version folder), CKPT, or RUN (default: the newest run)
+# evaluate: the source is EVAL_URL (a live server), EVAL_VERSION (an exported version folder), CKPT, or RUN (default: the newest run, else the released generator)
 REAL ?=
 COUNT ?=
 EVAL_VERSION ?=
@@ -105,6 +105,11 @@ generate: setup  ## SEEDS=3,17 FRAMES=48 OUT=out/walk.gif: a walk GIF
 ui: setup  ## the face explorer: a web page on 127.0.0.1:UI_PORT over the Triton server(s) at URL (run make serve first)
 	$(PY) -m clients.ui --url $(URL) --port $(UI_PORT)
 
+.PHONY: ui-screenshot
+ui-screenshot: setup  ## the README's face-explorer picture (OUT, default clients/results/face-explorer.png) from export/released/, as tests/test_ui.py drives the page; needs chromium
+	$(PY) -m clients.ui_screenshot --out "$(or $(OUT),clients/results/face-explorer.png)" --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) \
+		--metrics-port $(METRICS_PORT) --ui-port $(UI_PORT)
+
 bench: setup
 	$(PY) -m clients.benchmark --url $(URL) --out $(BENCH_OUT) --batch-sizes $(BATCH_SIZES) --concurrency $(CONCURRENCY) \
 		$(if $(RATES),--rate $(RATES)) --window $(WINDOW) --min-requests $(MIN_REQUESTS) --max-windows $(MAX_WINDOWS) --compare-raw $(MODEL_REPOSITORY) $(BENCH_ARGS)
@@ -122,7 +127,7 @@ demo: setup
 	$(PY) -m clients.demo --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS))
 
 evaluate: setup  ## FID, KID, precision/recall with their real floor, memorisation, SWD, sharpness, diversity, detector -> JSON
-	$(PY) -m clients.evaluate $(if $(EVAL_URL),--url $(EVAL_URL),$(if $(EVAL_VERSION),--version $(EVAL_VERSION),$(if $(CKPT),--checkpoint $(CKPT),--run "$(or $(RUN),$(shell ls -td runs/*/ 2>/dev/null | head -1),runs/<none: run make train first>)"))) \
+	$(PY) -m clients.evaluate $(if $(EVAL_URL),--url $(EVAL_URL),$(if $(EVAL_VERSION),--version $(EVAL_VERSION),$(if $(CKPT),--checkpoint $(CKPT),$(if $(RUN),--run "$(RUN)")))) \
 		$(if $(REAL),--real "$(REAL)") $(if $(COUNT),--count $(COUNT)) $(if $(strip $(INCEPTION)),--inception-weights "$(INCEPTION)") $(EVAL_ARGS)
 
 ablation: setup  ## every ablation variant on the same data, seed and budget: table, plots, grid in the study folder

@@ -184,106 +184,152 @@ def raise_if_load_failed(load: list[asyncio.Task]) -> None:
             raise task.exception()
 
 
+class LoadRun:
+    """One configuration's load: sends its requests, records each completion, snapshots the server statistics.
+
+    Completions are recorded in completion order, so the requests completed between two snapshots
+    are a slice of the records (Snapshot.completed).
+    """
+
+    def __init__(self, config: LoadConfig, pool: EndpointPool, clients: dict, stats_clients: dict, model: str,
+                 seeds: SeedCounter, args):
+        self.config, self.pool, self.stats_clients, self.model = config, pool, stats_clients, model
+        self.seeds, self.args = seeds, args
+        self.ends: list[float] = []  # completion times, appended in completion order (monotonic)
+        self.latencies: list[float] = []  # seconds, from the scheduled/actual start
+        self.failures: list[str] = []  # per completion: "" or the gRPC status
+        self.send_lags: list[tuple[float, float]] = []  # open loop: (scheduled start, actual - scheduled)
+        self.outputs = [grpcclient.InferRequestedOutput("IMAGE")]
+        self.client_cycles = {url: itertools.cycle(replica_clients) for url, replica_clients in clients.items()}
+        self.replica_totals: dict[str, dict] = {}  # the last statistics of each replica
+        self.stop = asyncio.Event()
+
+    async def one_request(self, scheduled: float) -> None:
+        """Send one request of fresh seeds; record its completion, its latency from `scheduled` and its status."""
+        inputs = seed_inputs(self.seeds.take(self.config.batch_size))
+        timeout = self.args.timeout
+        status = ""
+        try:
+            await self.pool.acall(lambda endpoint: next(self.client_cycles[endpoint.url]).infer(
+                self.model, inputs, outputs=self.outputs, client_timeout=timeout, parameters=deadline_parameters(timeout)))
+        except TritonClientError as error:
+            status = error.status or str(error)
+        end = time.perf_counter()
+        self.ends.append(end)
+        self.latencies.append(end - scheduled)
+        self.failures.append(status)
+
+    async def closed_loop_worker(self) -> None:
+        """Keep one request in flight until stopped."""
+        while not self.stop.is_set():
+            await self.one_request(time.perf_counter())
+
+    async def open_loop_scheduler(self, rate: float) -> None:
+        """Start requests at Poisson arrival times, `rate` per second, whatever the server does."""
+        rng = np.random.default_rng()
+        in_flight: set[asyncio.Task] = set()
+        scheduled = time.perf_counter()
+        while not self.stop.is_set():
+            scheduled += rng.exponential(1.0 / rate)
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.send_lags.append((scheduled, time.perf_counter() - scheduled))
+            task = asyncio.create_task(self.one_request(scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    def start(self) -> list[asyncio.Task]:
+        """The load's tasks: C closed-loop workers, or one open-loop scheduler."""
+        if self.config.mode == "concurrency":
+            return [asyncio.create_task(self.closed_loop_worker()) for _ in range(int(self.config.level))]
+        return [asyncio.create_task(self.open_loop_scheduler(self.config.level))]
+
+    async def snapshot(self) -> Snapshot:
+        """The time, this process's CPU time, the replicas' summed statistics and the completions so far."""
+        now, cpu = time.perf_counter(), time.process_time()
+        for endpoint in self.pool.live():  # a replica that is down keeps its last figures
+            try:
+                response = await self.stats_clients[endpoint.url].get_inference_statistics(
+                    self.model, as_json=True, client_timeout=min(self.args.timeout, STATS_TIMEOUT_S))
+            except InferenceServerException:
+                continue
+            self.replica_totals[endpoint.url] = stats_totals(response)
+        return Snapshot(now, cpu, sum_totals(list(self.replica_totals.values())), bisect.bisect_right(self.ends, now), self.pool.resent)
+
+    def completed_between(self, first: Snapshot, last: Snapshot) -> tuple[list[float], list[str]]:
+        """(latencies, statuses) of the requests completed between two snapshots."""
+        return self.latencies[first.completed : last.completed], self.failures[first.completed : last.completed]
+
+
+def successful(latencies: list[float], statuses: list[str]) -> list[float]:
+    """The latencies of the requests that succeeded."""
+    return [lat for lat, status in zip(latencies, statuses) if not status]
+
+
 async def run_config(config: LoadConfig, pool: EndpointPool, clients: dict, stats_clients: dict, model: str,
                      seeds: SeedCounter, args, bar) -> dict:
     """Drive one configuration; measure windows until stable; return its figures.
 
     clients: {replica url: [aio clients]} for the requests; stats_clients: {replica url: aio client}.
     """
-    ends: list[float] = []  # completion times, appended in completion order (monotonic)
-    latencies: list[float] = []  # seconds, from the scheduled/actual start
-    failures: list[str] = []  # per completion: "" or the gRPC status
-    send_lags: list[tuple[float, float]] = []  # open loop: (scheduled start, actual - scheduled)
-    outputs = [grpcclient.InferRequestedOutput("IMAGE")]
-    client_cycles = {url: itertools.cycle(replica_clients) for url, replica_clients in clients.items()}
-    replica_totals: dict[str, dict] = {}  # the last statistics of each replica
-    stop = asyncio.Event()
-
-    async def one_request(scheduled: float) -> None:
-        inputs = seed_inputs(seeds.take(config.batch_size))
-        status = ""
-        try:
-            await pool.acall(lambda endpoint: next(client_cycles[endpoint.url]).infer(
-                model, inputs, outputs=outputs, client_timeout=args.timeout, parameters=deadline_parameters(args.timeout)))
-        except TritonClientError as error:
-            status = error.status or str(error)
-        end = time.perf_counter()
-        ends.append(end)
-        latencies.append(end - scheduled)
-        failures.append(status)
-
-    async def closed_loop_worker() -> None:
-        while not stop.is_set():
-            await one_request(time.perf_counter())
-
-    async def open_loop_scheduler(rate: float) -> None:
-        rng = np.random.default_rng()
-        in_flight: set[asyncio.Task] = set()
-        scheduled = time.perf_counter()
-        while not stop.is_set():
-            scheduled += rng.exponential(1.0 / rate)
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            send_lags.append((scheduled, time.perf_counter() - scheduled))
-            task = asyncio.create_task(one_request(scheduled))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.wait(in_flight)
-
-    async def snapshot() -> Snapshot:
-        now, cpu = time.perf_counter(), time.process_time()
-        for endpoint in pool.live():  # a replica that is down keeps its last figures
-            try:
-                response = await stats_clients[endpoint.url].get_inference_statistics(
-                    model, as_json=True, client_timeout=min(args.timeout, STATS_TIMEOUT_S))
-            except InferenceServerException:
-                continue
-            replica_totals[endpoint.url] = stats_totals(response)
-        return Snapshot(now, cpu, sum_totals(list(replica_totals.values())), bisect.bisect_right(ends, now), pool.resent)
-
-    if config.mode == "concurrency":
-        load = [asyncio.create_task(closed_loop_worker()) for _ in range(int(config.level))]
-    else:
-        load = [asyncio.create_task(open_loop_scheduler(config.level))]
+    run = LoadRun(config, pool, clients, stats_clients, model, seeds, args)
+    load = run.start()
     try:
-        await asyncio.sleep(args.warmup)
-        snapshots = [await snapshot()]
-        windows = []  # per window: requests/s and mean latency
-        while True:
-            await asyncio.sleep(max(0.0, snapshots[-1].time + args.window - time.perf_counter()))
-            # Stretch to --min-requests completions, but never past the time by which every request
-            # sent in the window has answered or timed out (a stalled server), nor once the load died.
-            stretch_until = snapshots[-1].time + args.window + args.timeout
-            while (len(ends) - snapshots[-1].completed < args.min_requests and time.perf_counter() < stretch_until
-                   and not any(task.done() for task in load)):
-                await asyncio.sleep(0.005)
-            raise_if_load_failed(load)
-            snapshots.append(await snapshot())
-            first, last = snapshots[-2], snapshots[-1]
-            ok = [lat for lat, status in zip(latencies[first.completed : last.completed], failures[first.completed : last.completed]) if not status]
-            windows.append((len(ok) / (last.time - first.time), float(np.mean(ok)) if ok else 0.0))
-            bar.set_postfix_str(f"{config.label} window {len(windows)}: {windows[-1][0] * config.batch_size:.1f} img/s")
-            recent = windows[-STABLE_WINDOWS:]
-            is_stable = len(recent) == STABLE_WINDOWS and stable([w[0] for w in recent], args.stability) and stable([w[1] for w in recent], args.stability)
-            if is_stable or len(windows) >= args.max_windows:
-                break
+        snapshots, windows, is_stable = await measure_windows(run, load, args, bar)
     finally:
-        stop.set()
+        run.stop.set()
         await asyncio.gather(*load, return_exceptions=True)  # lets in-flight requests finish
+    return config_result(run, snapshots, windows, is_stable)
 
+
+async def measure_windows(run: LoadRun, load: list[asyncio.Task], args, bar) -> tuple[list[Snapshot], list[tuple[float, float]], bool]:
+    """After the warm-up, windows until the last STABLE_WINDOWS agree or --max-windows:
+    (snapshots at the window edges, per window (requests/s, mean latency), whether stable)."""
+    await asyncio.sleep(args.warmup)
+    snapshots = [await run.snapshot()]
+    windows = []  # per window: requests/s and mean latency
+    while True:
+        await wait_for_window_end(run, load, snapshots[-1], args)
+        raise_if_load_failed(load)
+        snapshots.append(await run.snapshot())
+        first, last = snapshots[-2], snapshots[-1]
+        ok = successful(*run.completed_between(first, last))
+        windows.append((len(ok) / (last.time - first.time), float(np.mean(ok)) if ok else 0.0))
+        bar.set_postfix_str(f"{run.config.label} window {len(windows)}: {windows[-1][0] * run.config.batch_size:.1f} img/s")
+        recent = windows[-STABLE_WINDOWS:]
+        is_stable = len(recent) == STABLE_WINDOWS and stable([w[0] for w in recent], args.stability) and stable([w[1] for w in recent], args.stability)
+        if is_stable or len(windows) >= args.max_windows:
+            return snapshots, windows, is_stable
+
+
+async def wait_for_window_end(run: LoadRun, load: list[asyncio.Task], start: Snapshot, args) -> None:
+    """Sleep out the --window that began at `start`, then stretch it to --min-requests completions."""
+    await asyncio.sleep(max(0.0, start.time + args.window - time.perf_counter()))
+    # Stretch to --min-requests completions, but never past the time by which every request
+    # sent in the window has answered or timed out (a stalled server), nor once the load died.
+    stretch_until = start.time + args.window + args.timeout
+    while (len(run.ends) - start.completed < args.min_requests and time.perf_counter() < stretch_until
+           and not any(task.done() for task in load)):
+        await asyncio.sleep(0.005)
+
+
+def config_result(run: LoadRun, snapshots: list[Snapshot], windows: list[tuple[float, float]], is_stable: bool) -> dict:
+    """One configuration's figures over its last (up to STABLE_WINDOWS) windows."""
+    config = run.config
     used = min(STABLE_WINDOWS, len(windows))
     first, last = snapshots[-1 - used], snapshots[-1]
     duration = last.time - first.time
-    statuses = failures[first.completed : last.completed]
+    latencies, statuses = run.completed_between(first, last)
     errors = [status for status in statuses if status]
     # Throughput and latency count successful requests; failed ones are reported as errors.
-    measured = np.asarray([lat for lat, status in zip(latencies[first.completed : last.completed], statuses) if not status]) * 1e3
+    measured = np.asarray(successful(latencies, statuses)) * 1e3
     requests = len(measured)
-    lags = [lag for scheduled, lag in send_lags if first.time <= scheduled <= last.time]
+    lags = [lag for scheduled, lag in run.send_lags if first.time <= scheduled <= last.time]
     percentiles = np.percentile(measured, PERCENTILES) if requests else [float("nan")] * len(PERCENTILES)
-    result = {
+    return {
         "batch_size": config.batch_size,
         "mode": config.mode,
         "concurrency": int(config.level) if config.mode == "concurrency" else None,
@@ -303,17 +349,18 @@ async def run_config(config: LoadConfig, pool: EndpointPool, clients: dict, stat
         "error_kinds": sorted(set(errors)),
         "resent": last.resent - first.resent,  # sent again to another replica after theirs failed
         # How fast a refusal comes (a full queue / the queue policy's timeout): p99 of failed requests.
-        "error_p99_ms": float(np.percentile([lat for lat, status in zip(latencies[first.completed : last.completed], statuses)
+        "error_p99_ms": float(np.percentile([lat for lat, status in zip(latencies, statuses)
                                              if status], 99) * 1e3) if errors else None,
         "client_cpu": (last.cpu - first.cpu) / duration,  # cores used by this process
         "send_lag_p99_ms": float(np.percentile(lags, 99) * 1e3) if lags else None,
         "server": server_breakdown(first.server, last.server),
     }
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
-# Lone requests: one client, one seed, one request at a time (issue 19)
+# Lone requests: one client, one seed, one request at a time. They guard against the lone-request
+# stall: with a queue policy in config.pbtxt, Triton's dynamic batcher let a lone client's requests
+# wait ~500 ms each instead of ~2 ms (see model_repository/bamsgan/config.pbtxt).
 
 
 LONE_REQUESTS = 300  # sequential one-seed requests of the lone-request check
@@ -678,24 +725,67 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args, pool: EndpointPool) -> int:
+    """Check the served model, sweep every configuration, write results.json/.csv and the plot, print the tables."""
     try:
-        live_config = pool.connect()  # every replica probed; dead ones reported and skipped
-        served_versions = pool.versions
-        limit = max_batch_size(live_config, args.model)
-        too_big = [b for b in args.batch_sizes if b > limit]
-        if too_big:
-            raise TritonClientError(f"batch sizes {too_big} exceed model '{args.model}' max_batch_size {limit}")
-        engine = find_engine(args.compare_raw, args.model, served_versions) if args.compare_raw else None
+        live_config, limit, engine = check_served_model(args, pool)
     except (TritonClientError, InferenceServerException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
-    configs = [LoadConfig(b, "concurrency", c) for b in args.batch_sizes for c in args.concurrency]
-    configs += [LoadConfig(b, "rate", r) for b in args.batch_sizes for r in args.rate]
     seeds = SeedCounter(args.seed_start, args.seed_pool)
     args.out.mkdir(parents=True, exist_ok=True)
-    total = len(configs) + (len(args.batch_sizes) if engine else 0)
     threads = ort_threads(live_config, engine[1]) if engine else None
+    results, raw = run_sweep(args, pool, seeds, engine, threads)
+    ratios = served_vs_raw(results, raw)
+    # The lone-request stall (see "Lone requests" below) hid behind concurrency >= 16 and the
+    # response cache: so a lone client, fresh seeds.
+    lone = lone_request_report(pool.live()[0].url, args.model, results, raw, int(seeds.take(LONE_REQUESTS)[0])) \
+        if 1 in args.batch_sizes and pool.live() else None
+
+    report = {
+        "tool": "clients.benchmark",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "url": ",".join(args.url),
+        "replicas": {endpoint.url: {"answered": endpoint.answered, "up": endpoint.up} for endpoint in pool.endpoints},
+        "resent": pool.resent,
+        "model": args.model,
+        "model_versions": pool.versions,
+        "max_batch_size": limit,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "results": results,
+        "raw": {"onnx": str(engine[0]), "ort_threads": threads, "results": raw} if engine else None,
+        "served_vs_raw": ratios,
+        "lone_requests": lone,
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    write_csv(args.out / "results.csv", results)
+    plot(args.out / "latency_throughput.png", results, raw, f"{args.model} at {','.join(args.url)} ({os.cpu_count()} CPUs)")
+
+    print_summary(results, ratios, lone, engine, threads, pool)
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'latency_throughput.png'}")
+    return 0
+
+
+def check_served_model(args, pool: EndpointPool) -> tuple[dict, int, tuple[Path, Path | None] | None]:
+    """Connect to the replicas and check the batch sizes against the served model:
+    (its live config, its max_batch_size, the raw engine of --compare-raw or None)."""
+    live_config = pool.connect()  # every replica probed; dead ones reported and skipped
+    limit = max_batch_size(live_config, args.model)
+    too_big = [b for b in args.batch_sizes if b > limit]
+    if too_big:
+        raise TritonClientError(f"batch sizes {too_big} exceed model '{args.model}' max_batch_size {limit}")
+    engine = find_engine(args.compare_raw, args.model, pool.versions) if args.compare_raw else None
+    return live_config, limit, engine
+
+
+def run_sweep(args, pool: EndpointPool, seeds: SeedCounter, engine: tuple[Path, Path | None] | None,
+              threads: int | None) -> tuple[list[dict], list[dict]]:
+    """Every load configuration, batch size by batch size, each followed by the raw engine at that batch
+    size when there is one: (served results, raw results)."""
+    configs = [LoadConfig(b, "concurrency", c) for b in args.batch_sizes for c in args.concurrency]
+    configs += [LoadConfig(b, "rate", r) for b in args.batch_sizes for r in args.rate]
+    total = len(configs) + (len(args.batch_sizes) if engine else 0)
     results, raw = [], []
     with tqdm(total=total, desc="benchmark", unit="config", file=sys.stderr) as bar:
         for batch_size in args.batch_sizes:
@@ -709,31 +799,12 @@ def benchmark(args, pool: EndpointPool) -> int:
                 session = open_raw_session(engine[0], threads, announce=not raw)
                 raw.append(measure_raw(session, batch_size, threads, args, seeds, bar))
                 del session
-    ratios = served_vs_raw(results, raw)
-    # The stall of issue 19 hid behind concurrency >= 16 and the cache: a lone client, fresh seeds.
-    lone = lone_request_report(pool.live()[0].url, args.model, results, raw, int(seeds.take(LONE_REQUESTS)[0])) \
-        if 1 in args.batch_sizes and pool.live() else None
+    return results, raw
 
-    report = {
-        "tool": "clients.benchmark",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "url": ",".join(args.url),
-        "replicas": {endpoint.url: {"answered": endpoint.answered, "up": endpoint.up} for endpoint in pool.endpoints},
-        "resent": pool.resent,
-        "model": args.model,
-        "model_versions": served_versions,
-        "max_batch_size": limit,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "results": results,
-        "raw": {"onnx": str(engine[0]), "ort_threads": threads, "results": raw} if engine else None,
-        "served_vs_raw": ratios,
-        "lone_requests": lone,
-    }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    write_csv(args.out / "results.csv", results)
-    plot(args.out / "latency_throughput.png", results, raw, f"{args.model} at {','.join(args.url)} ({os.cpu_count()} CPUs)")
 
+def print_summary(results: list[dict], ratios: list[dict], lone: dict | None, engine: tuple[Path, Path | None] | None,
+                  threads: int | None, pool: EndpointPool) -> None:
+    """The results table, served vs raw, the lone requests; warnings and notes on stderr."""
     print(format_table(results))
     if ratios:
         print(f"\nserving overhead: served vs in-process ONNX Runtime ({engine[0]}, ort_threads={threads}"
@@ -751,8 +822,6 @@ def benchmark(args, pool: EndpointPool) -> int:
     errors = sum(r["errors"] for r in results)
     if errors:
         print(f"\nwarning: {errors} failed requests ({', '.join(sorted({k for r in results for k in r['error_kinds']}))})", file=sys.stderr)
-    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'latency_throughput.png'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the type hints only: main imports serving.launcher when it reaches the serve stage
+    from serving.launcher import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_COUNT = 64
@@ -99,15 +103,56 @@ def side_by_side(panels: list[tuple], path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="synthetic", help="training data: synthetic or a PATH (default %(default)s)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the CPU preset's, a few minutes on 2 cores)")
     parser.add_argument("--synthetic-size", type=int, help="images in the synthetic data set (default: the trainer's)")
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository", help="model repository to publish into and serve")
     parser.add_argument("--out", type=Path, help="where pictures and figures go (default out/demo-<time>)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def train_command(python: str, args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The train stage's command: the trainer on --data into run_dir, with --epochs/--synthetic-size when given."""
+    train = [python, "-m", "training.train", "--data", args.data, "--out", str(run_dir)]
+    if args.epochs:
+        train += ["--epochs", str(args.epochs)]
+    if args.synthetic_size:
+        train += ["--synthetic-size", str(args.synthetic_size)]
+    return train
+
+
+def serve_stage(stages: Stages, server: TritonServer, repository: Path) -> None:
+    """Start Triton under the serve header, which shows the `python -m serving` command that does the same."""
+    from serving.launcher import LaunchError
+
+    stages.header("serve", f"serving.TritonServer, the same as: python -m serving --model-repository {repository} "
+                           f"--grpc-port {server.grpc_port} --http-port {server.http_port} --metrics-port {server.metrics_port}")
+    try:
+        server.start(timeout=180)
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise StageFailed("serve", 2) from None
+    print(f"Triton ready in {server.startup_seconds:.1f} s at {server.grpc_url} "
+          f"(models {server.models}, log {server.log_path})", flush=True)
+
+
+def print_outputs(stages: Stages, run_dir: Path, out: Path, comparison: Path | None) -> None:
+    """Where the demo's pictures and figures are."""
+    print(f"\nDone in {time.perf_counter() - stages.started:.0f} s. Pictures and figures:")
+    print(f"  training samples   {run_dir / 'samples' / 'latest.png'}  (one per epoch in {run_dir / 'samples'})")
+    print(f"  checkpoint         {run_dir / 'checkpoint-latest.pt'}")
+    print(f"  served faces       {out / 'faces.png'}  (seeds {SEEDS}; one PNG per seed in {out / 'faces'})")
+    if comparison is not None:
+        print(f"  side by side       {comparison}  (the same seeds from the released generator)")
+    print(f"  benchmark          {out / 'bench' / 'latency_throughput.png'}, results.json, results.csv")
+    print(f"  server log         {out / 'tritonserver.log'}")
+    print("Serve it yourself: make serve, then python -m clients.generate --seeds 0-63 --out grid.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = REPO_ROOT / "runs" / f"demo-{stamp}"
     out = args.out or REPO_ROOT / "out" / f"demo-{stamp}"
@@ -118,27 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     stages = Stages(total=7 if released else 6)
     server, comparison = None, None
     try:
-        train = [python, "-m", "training.train", "--data", args.data, "--out", str(run_dir)]
-        if args.epochs:
-            train += ["--epochs", str(args.epochs)]
-        if args.synthetic_size:
-            train += ["--synthetic-size", str(args.synthetic_size)]
-        stages.run("train", train)
+        stages.run("train", train_command(python, args, run_dir))
         stages.run("export", [python, "-m", "export", "--run", str(run_dir), "--repository", str(args.repository)])
 
-        from serving.launcher import LaunchError, TritonServer, free_ports
+        from serving.launcher import TritonServer, free_ports
 
         grpc_port, http_port, metrics_port = free_ports(3)
         server = TritonServer(args.repository, grpc_port, http_port, metrics_port, log_path=out / "tritonserver.log")
-        stages.header("serve", f"serving.TritonServer, the same as: python -m serving --model-repository {args.repository} "
-                               f"--grpc-port {grpc_port} --http-port {http_port} --metrics-port {metrics_port}")
-        try:
-            server.start(timeout=180)
-        except LaunchError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise StageFailed("serve", 2) from None
-        print(f"Triton ready in {server.startup_seconds:.1f} s at {server.grpc_url} "
-              f"(models {server.models}, log {server.log_path})", flush=True)
+        serve_stage(stages, server, args.repository)
 
         url = server.grpc_url
         stages.run("generate", [python, "-m", "clients.generate", "--url", url, "--seeds", SEEDS,
@@ -164,17 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             code = server.stop()
             print(f"Triton stopped (exit {code}).", flush=True)
 
-    print(f"\nDone in {time.perf_counter() - stages.started:.0f} s. Pictures and figures:")
-    print(f"  training samples   {run_dir / 'samples' / 'latest.png'}  (one per epoch in {run_dir / 'samples'})")
-    print(f"  checkpoint         {run_dir / 'checkpoint-latest.pt'}")
-    print(f"  served faces       {out / 'faces.png'}  (seeds {SEEDS}; one PNG per seed in {out / 'faces'})")
-    if comparison is not None:
-        print(f"  side by side       {comparison}  (the same seeds from the released generator)")
-    print(f"  benchmark          {out / 'bench' / 'latency_throughput.png'}, results.json, results.csv")
-    print(f"  server log         {out / 'tritonserver.log'}")
-    print("Serve it yourself: make serve, then python -m clients.generate --seeds 0-63 --out grid.png")
+    print_outputs(stages, run_dir, out, comparison)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,9 @@ failed is simply sent again to another live one. What happens depends on the gRP
   missed it: with no other replica live it fails (asking a slow server again does not help).
 - A live server refusing load: RESOURCE_EXHAUSTED, or UNAVAILABLE from a Triton queue policy
   ("Exceeds maximum queue size", "Request timeout expired"; this project's config.pbtxt has none
-  since issue 19, a deployment may add one). Backed off (backoff_s, doubling each time) and re-sent, never marked down.
+  because of the lone-request stall: with a queue policy, Triton's dynamic batcher let a lone
+  client's requests wait ~500 ms, see model_repository/bamsgan/config.pbtxt; a deployment may add
+  one). Backed off (backoff_s, doubling each time) and re-sent, never marked down.
   With retry_busy=False it is the caller's result: a benchmark measures refusals, not hides them.
 - Anything else (INVALID_ARGUMENT, NOT_FOUND, INTERNAL, ...): fails at once, one line.
 
@@ -54,7 +56,9 @@ DOWN_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 BUSY_STATUSES = ("StatusCode.RESOURCE_EXHAUSTED",)
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")  # worth retrying on one server
 # Triton's queue policy (REJECT) answers UNAVAILABLE with these: the server is up, its queue is full.
-# The last is the model's own refusal of a request whose deadline passed while it queued (issue 19).
+# The last is the model's own refusal of a request whose deadline passed while it queued: with no
+# queue policy (the lone-request stall, see model_repository/bamsgan/config.pbtxt), the clients'
+# deadlines bound an overloaded queue instead.
 DEADLINE_REFUSAL = "deadline passed while queued"  # the start of model.py's DEADLINE_REFUSAL
 QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired", DEADLINE_REFUSAL)
 # Request parameter: when the client stops waiting (Unix time, ms), so the model can skip a request

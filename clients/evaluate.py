@@ -5,6 +5,7 @@
         --floor-real ../shared/data/anime-faces-64/shard-006.tar --count 5000
     python -m clients.evaluate --version model_repository/bamsgan/3 --real ...
     python -m clients.evaluate --url localhost:8001 --real ...
+    python -m clients.evaluate            # no source: the newest run under runs/, else the released generator
 
 Evaluation spans checkpoints, exported versions and live servers, so it sits with the clients, on top
 of training/ and export/ (the metrics themselves are training/metrics/face_quality.py's: the trainer uses them
@@ -43,6 +44,7 @@ import numpy as np
 from training.metrics import face_quality as metrics
 from training.constants import IMAGE_CHANNELS, IMAGE_SIZE
 from training.data.images import save_png
+from training.checkpoint import LATEST
 from training.metrics.face_quality import EVALUATION_FORMAT, INCEPTION_METRICS, METRIC_NAMES, MIN_FID_COUNT, MetricsError
 
 RESULT_FORMAT = EVALUATION_FORMAT
@@ -270,6 +272,31 @@ def picture_path(out: Path) -> Path:
     return out.with_name(out.stem + "-memorisation.png")
 
 
+SOURCES = ("run", "checkpoint", "version", "url")
+
+
+def newest_run(runs: Path = Path("runs")) -> Path | None:
+    """The run directory under `runs` whose latest checkpoint was written last, or None."""
+    checkpoints = sorted(runs.glob(f"*/{LATEST}"), key=lambda path: path.stat().st_mtime)
+    return checkpoints[-1].parent if checkpoints else None
+
+
+def choose_default_source(args: argparse.Namespace) -> None:
+    """With no source named: the newest run, else the released generator (what a fresh clone serves); says which."""
+    if any(getattr(args, kind) is not None for kind in SOURCES):
+        return
+    from export.release import RELEASED_WEIGHTS
+
+    run = newest_run()
+    if run is not None:
+        args.run = str(run)
+        print(f"no --run, --checkpoint, --version or --url given: scoring the newest run, {run}")
+    else:
+        args.checkpoint = str(RELEASED_WEIGHTS)
+        print(f"no --run, --checkpoint, --version or --url given and runs/ holds no run: scoring the released generator, "
+              f"{Path(os.path.relpath(RELEASED_WEIGHTS))}")
+
+
 def check_args(args: argparse.Namespace) -> list[str]:
     """The metric names asked for; EvaluationError for arguments that cannot work."""
     names = [name.strip() for name in args.metrics.split(",") if name.strip()] if args.metrics else list(CLI_METRICS)
@@ -296,7 +323,7 @@ def check_args(args: argparse.Namespace) -> list[str]:
 
 
 def output_path(args: argparse.Namespace) -> Path:
-    kind = next(kind for kind in ("run", "checkpoint", "version", "url") if getattr(args, kind))
+    kind = next(kind for kind in SOURCES if getattr(args, kind))
     name = f"n{args.count}" + ("-live-G" if args.weights == "G" else "")
     default_out = Path(args.run) / f"evaluation-{name}.json" if args.run else Path("out") / f"evaluation-{kind}-{name}.json"
     return Path(args.out) if args.out else default_out
@@ -369,7 +396,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray | None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.evaluate",
                                      description="Face-quality metrics of a generator against real faces (one line per metric, plus JSON).")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()  # none: the newest run under runs/, else the released generator
     source.add_argument("--run", help="run directory: evaluates its checkpoint-latest.pt (G-EMA)")
     source.add_argument("--checkpoint", help="checkpoint file (G-EMA)")
     parser.add_argument("--weights", choices=("G_ema", "G"), default="G_ema",
@@ -419,6 +446,7 @@ def report(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    choose_default_source(args)
     try:
         result, picture = evaluate(args)
     except (EvaluationError, MetricsError) as error:

@@ -64,7 +64,7 @@ PART_MINIMUM = {"kernel": 20, "attention": 10, "training": 40, "generator": 20, 
 DEFAULTS = {"budget": 480, "repeats": 10, "train_steps": 20, "seconds": 0.5, "windows": 5, "serve_window": 1.5}
 QUICK = {"budget": 240, "repeats": 5, "train_steps": 10, "seconds": 0.3, "windows": 3, "serve_window": 1.0}
 NO_GPU = ("gpu-check: no CUDA GPU here (torch.cuda.is_available() is False); run it on a GPU box "
-          "(README: GPU check), or pass --device cpu for a dry run of the tool")
+          "(docs/gpu-check.md), or pass --device cpu for a dry run of the tool")
 GENERATOR_ENGINES_CUDA = ["pytorch", "pytorch-bf16", "ort-fp32", "ort-fp16", "tensorrt-fp16", "pytorch-bf16-compiled",
                           "pytorch-bf16-cudagraphs"]
 GENERATOR_ENGINES_CPU = ["pytorch", "pytorch-bf16", "ort-fp32"]

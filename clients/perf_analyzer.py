@@ -368,7 +368,7 @@ def format_pairs(rows: list[dict], tolerance: float = 0.10) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.perf_analyzer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC endpoint HOST:PORT (default %(default)s)")
     parser.add_argument("--out", type=Path, help="directory for perf_analyzer's CSVs/logs and pa_results.json")
@@ -397,22 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pairs N (N >= 1) measures ours itself: do not combine it with --ours")
     if args.min_requests < 1 or args.max_windows < 1 or args.warmup < 0 or args.pa_timeout <= 0 or not 0 < args.stability < 1:
         parser.error("need --min-requests >= 1, --max-windows >= 1, --warmup >= 0, --pa-timeout > 0, 0 < --stability < 1")
+    return args
 
-    try:
-        analyzer = locate(download=not args.no_download)
-    except PerfAnalyzerNotFound as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if args.locate:
-        prefix = f"LD_LIBRARY_PATH={analyzer.library_dir} " if analyzer.library_dir else ""
-        print(f"{analyzer.version()}: {analyzer.binary}")
-        print(f"run it as: {prefix}{analyzer.binary} -m {args.model} -i grpc -u {args.url} ...")
-        return 0
 
-    args.out.mkdir(parents=True, exist_ok=True)
+def run_sweep(analyzer: PerfAnalyzer, args) -> tuple[list[dict], list[dict], Exception | None]:
+    """Every configuration, by perf_analyzer alone or (--pairs) alternately with ours: (rows, pairs, the
+    error that stopped the sweep or None; what was measured before it is kept)."""
     rows, pairs = [], []
     seeds = benchmark.SeedCounter()
-    failure = None
     try:
         runs = len(args.batch_sizes) * len(args.concurrency) * (2 * args.pairs if args.pairs else 1)  # --pairs: ours + PA
         with tqdm(total=runs, desc="perf_analyzer", unit="run", file=sys.stderr) as bar:
@@ -427,7 +419,25 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(run_one(analyzer, args, batch_size, concurrency, data_file))
                         bar.update()
     except (PerfAnalyzerFailed, TritonClientError, InferenceServerException) as error:
-        failure = error  # what was measured before it is still written below
+        return rows, pairs, error  # what was measured before it is still written
+    return rows, pairs, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        analyzer = locate(download=not args.no_download)
+    except PerfAnalyzerNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.locate:
+        prefix = f"LD_LIBRARY_PATH={analyzer.library_dir} " if analyzer.library_dir else ""
+        print(f"{analyzer.version()}: {analyzer.binary}")
+        print(f"run it as: {prefix}{analyzer.binary} -m {args.model} -i grpc -u {args.url} ...")
+        return 0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, pairs, failure = run_sweep(analyzer, args)
     report = {"tool": "perf_analyzer", "version": analyzer.version(), "binary": str(analyzer.binary), "url": args.url,
               "model": args.model, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "results": rows, "pairs": pairs, "error": None if failure is None else str(failure)}
@@ -440,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

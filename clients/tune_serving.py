@@ -4,10 +4,12 @@
 
 Each variant is the repository's config.pbtxt with a few settings changed (dynamic batching delay,
 instance count, ONNX Runtime threads, preferred batch sizes). For each, a server of its own (response
-cache off, nothing else running) is measured by clients.benchmark at the loads of issue 19 (one seed
-per request, 1 and 16 clients; batches of 16 and 64 from one client), with raw in-process ONNX
-Runtime beside it, and the variants take turns (A B C, then C B A, ...) so that a shared machine's
-drift does not favour one. Prints one row per variant: median images/s and p99 of its runs, the
+cache off, nothing else running) is measured by clients.benchmark at the loads that exposed the
+lone-request stall (with a queue policy in config.pbtxt, Triton's dynamic batcher let a lone client's
+requests wait ~500 ms; see model_repository/bamsgan/config.pbtxt): one seed per request from 1 and
+from 16 clients, batches of 16 and 64 from one client. Raw in-process ONNX Runtime is measured beside
+it, and the variants take turns (A B C, then C B A, ...) so that a shared machine's drift does not
+favour one. Prints one row per variant: median images/s and p99 of its runs, the
 spread (min-max) and served/raw, and writes sweep.json.
 
 --model-analyzer PATH runs NVIDIA's triton-model-analyzer (its `model-analyzer` executable) on the
@@ -39,7 +41,7 @@ from serving.launcher import (LaunchError, TritonServer, find_tritonserver, free
                               server_environment)
 
 MODEL = "bamsgan"
-LOADS = (("1", "1,16"), ("16", "1"), ("64", "1"))  # (batch size, concurrencies): issue 19's figures
+LOADS = (("1", "1,16"), ("16", "1"), ("64", "1"))  # (batch size, concurrencies): the loads that exposed the lone-request stall
 # name -> settings; absent = the repository's own value.
 VARIANTS = {
     "repository": {},
@@ -97,7 +99,8 @@ def measure(repository: Path, out: Path, args) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
     """Per load: median images/s and p99 over the runs, and served/raw per run against raw ONNX Runtime
-    at batch B x C (issue 19: 16 clients of one seed are held against one batch of 16)."""
+    at batch B x C (16 clients of one seed are held against one batch of 16: what the dynamic batcher
+    can make of them)."""
     summary = {}
     for load in runs[0]["rows"]:
         batch_size, concurrency = (int(part[1:]) for part in load.split())

@@ -91,8 +91,13 @@ def throughput(run, latents: np.ndarray, seconds: float, warmup: int = 2, window
     seconds / windows each, after `warmup` calls."""
     for _ in range(warmup):
         run(latents)
-    rates = spread([window_rate(run, latents, seconds / windows) for _ in range(windows)])
-    return {"images_per_s": rates["median"], "min": rates["min"], "max": rates["max"], "windows": rates["n"]}
+    return rate_figures([window_rate(run, latents, seconds / windows) for _ in range(windows)])
+
+
+def rate_figures(rates: list[float]) -> dict:
+    """The figures of per-window images/s: median, min, max and the number of windows."""
+    figure = spread(rates)
+    return {"images_per_s": figure["median"], "min": figure["min"], "max": figure["max"], "windows": figure["n"]}
 
 
 class TorchEngine:
@@ -214,72 +219,90 @@ def measure_engines(make_generator, engines: list[str], batch_sizes: list[int], 
     """
     threads = threads or free_cores()
     missing = missing_engines(device)
-    results: dict[str, dict] = {}
-    runners = {}
-
-    def fail(name: str, error: Exception) -> None:
-        results[name] = {"status": "failed", "reason": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
-        runners.pop(name, None)
-        log(f"[bench] {name:<24} failed: {results[name]['reason']}")
-
     with tempfile.TemporaryDirectory(prefix="bamsgan-bench-") as scratch:
-        fp32_path, fp16_path = Path(scratch) / "generator.onnx", Path(scratch) / "generator_fp16.onnx"
         if deadline is not None and time.monotonic() > deadline:
             missing.update({name: "budget spent before this engine started" for name in engines if name not in missing})
-        onnx_needed = any(not name.startswith("pytorch") and name not in missing for name in engines)
-        fp32_model = export_onnx(fold_generator(make_generator()), fp32_path) if onnx_needed else None
-        reference = latents = None
-        if check_parity:
-            latents = parity.parity_latents(Z_DIM)
-            reference = parity.reference_images(set_attention_impl(make_generator(), "reference"), latents)
-        for name in engines:
-            if name not in missing and deadline is not None and time.monotonic() > deadline:
-                missing[name] = "budget spent before this engine started"
-            if name in missing:
-                results[name] = {"status": "skipped", "reason": missing[name]}
-                log(f"[bench] {name:<24} skipped: {missing[name]}")
-                continue
-            try:
-                started = time.perf_counter()
-                run = engine_factory(name, make_generator, device, fp32_path, fp16_path, fp32_model, max(batch_sizes), threads)()
-                check = parity.engine_parity(run, reference, latents, engine_precision(name)) if check_parity else None
-                results[name] = {"status": "ok", "batches": {}, "parity": check,
-                                 "setup_seconds": round(time.perf_counter() - started, 1)}
-                runners[name] = run
-                log(f"[bench] {name:<24} ready in {results[name]['setup_seconds']} s"
-                    + ("" if check is None else f", parity worst uint8 {check['worst']['uint8_max_diff']} levels: "
-                                                 f"{'pass' if check['passed'] else 'FAIL'}"))
-            except Exception as error:  # noqa: BLE001 - one engine's failure is a figure of the report
-                fail(name, error)
-
+        results, runners = build_engines(make_generator, engines, missing, Path(scratch), device, max(batch_sizes), threads,
+                                         check_parity, deadline, log)
         for batch in batch_sizes:
             if deadline is not None and time.monotonic() > deadline:
                 for name in runners:
                     results[name]["stopped"] = f"budget spent before batch {batch}"
                 break
-            inputs = seeds_to_latents(range(batch), Z_DIM)
-            rates = {name: [] for name in runners}
-            for round_index in range(-2, windows):  # two warm-up rounds
-                for name, run in list(runners.items()):
-                    try:
-                        if round_index < 0:
-                            run(inputs)
-                        else:
-                            rates[name].append(window_rate(run, inputs, seconds / windows))
-                    except Exception as error:  # noqa: BLE001
-                        fail(name, error)
-            for name in runners:
-                figure = spread(rates[name])
-                figure = {"images_per_s": figure["median"], "min": figure["min"], "max": figure["max"], "windows": figure["n"]}
-                if BASELINE in runners:
-                    figure["x"] = spread([a / b for a, b in zip(rates[name], rates[BASELINE])])
-                results[name]["batches"][batch] = figure
-                log(f"[bench] {name:<24} batch {batch:>5}: {figure['images_per_s']:10.1f} images/s "
-                    f"({figure['min']:.1f}-{figure['max']:.1f}, N={figure['windows']})")
+            time_batch(runners, results, batch, seconds, windows, log)
         runners.clear()
         if device == "cuda":
             torch.cuda.empty_cache()
     return results
+
+
+def build_engines(make_generator, engines: list[str], missing: dict[str, str], scratch: Path, device: str, max_batch: int,
+                  threads: int, check_parity: bool, deadline: float | None, log) -> tuple[dict[str, dict], dict]:
+    """Build every engine not `missing` (the ONNX graphs go into `scratch`), with its parity when asked:
+    (results with each engine's status, {name: runner} of those ready)."""
+    fp32_path, fp16_path = scratch / "generator.onnx", scratch / "generator_fp16.onnx"
+    onnx_needed = any(not name.startswith("pytorch") and name not in missing for name in engines)
+    fp32_model = export_onnx(fold_generator(make_generator()), fp32_path) if onnx_needed else None
+    reference = latents = None
+    if check_parity:
+        latents = parity.parity_latents(Z_DIM)
+        reference = parity.reference_images(set_attention_impl(make_generator(), "reference"), latents)
+    results: dict[str, dict] = {}
+    runners = {}
+    for name in engines:
+        if name not in missing and deadline is not None and time.monotonic() > deadline:
+            missing[name] = "budget spent before this engine started"
+        if name in missing:
+            results[name] = {"status": "skipped", "reason": missing[name]}
+            log(f"[bench] {name:<24} skipped: {missing[name]}")
+            continue
+        try:
+            factory = engine_factory(name, make_generator, device, fp32_path, fp16_path, fp32_model, max_batch, threads)
+            runners[name], results[name] = build_engine(name, factory, reference, latents, check_parity, log)
+        except Exception as error:  # noqa: BLE001 - one engine's failure is a figure of the report
+            record_failure(results, runners, name, error, log)
+    return results, runners
+
+
+def build_engine(name: str, factory, reference, latents, check_parity: bool, log) -> tuple[object, dict]:
+    """Make one engine and check its parity when asked (which also compiles and warms it up): (runner, its result)."""
+    started = time.perf_counter()
+    run = factory()
+    check = parity.engine_parity(run, reference, latents, engine_precision(name)) if check_parity else None
+    result = {"status": "ok", "batches": {}, "parity": check, "setup_seconds": round(time.perf_counter() - started, 1)}
+    log(f"[bench] {name:<24} ready in {result['setup_seconds']} s"
+        + ("" if check is None else f", parity worst uint8 {check['worst']['uint8_max_diff']} levels: "
+                                     f"{'pass' if check['passed'] else 'FAIL'}"))
+    return run, result
+
+
+def record_failure(results: dict[str, dict], runners: dict, name: str, error: Exception, log) -> None:
+    """Engine `name` failed: record why (first line of the error), drop its runner, say so."""
+    results[name] = {"status": "failed", "reason": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
+    runners.pop(name, None)
+    log(f"[bench] {name:<24} failed: {results[name]['reason']}")
+
+
+def time_batch(runners: dict, results: dict[str, dict], batch: int, seconds: float, windows: int, log) -> None:
+    """One batch size: two warm-up rounds, then the engines take turns window by window; record each one's figures."""
+    inputs = seeds_to_latents(range(batch), Z_DIM)
+    rates = {name: [] for name in runners}
+    for round_index in range(-2, windows):  # two warm-up rounds
+        for name, run in list(runners.items()):
+            try:
+                if round_index < 0:
+                    run(inputs)
+                else:
+                    rates[name].append(window_rate(run, inputs, seconds / windows))
+            except Exception as error:  # noqa: BLE001
+                record_failure(results, runners, name, error, log)
+    for name in runners:
+        figure = rate_figures(rates[name])
+        if BASELINE in runners:
+            figure["x"] = spread([a / b for a, b in zip(rates[name], rates[BASELINE])])
+        results[name]["batches"][batch] = figure
+        log(f"[bench] {name:<24} batch {batch:>5}: {figure['images_per_s']:10.1f} images/s "
+            f"({figure['min']:.1f}-{figure['max']:.1f}, N={figure['windows']})")
 
 
 def format_table(results: dict[str, dict], batch_sizes: list[int]) -> str:

@@ -131,29 +131,14 @@ def export_checkpoint(
         work = Path(work_dir) if work_dir is not None else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
 
-        log(f"[export] onnx: {onnx_export.EXPORTER} -> {work / 'generator.onnx'}")
-        onnx_path = work / "generator.onnx"
-        fp32_model = onnx_export.export_onnx(folded, onnx_path)
-        results = {"onnx": parity.onnx_parity(fp32_model, reference_images, latents, "fp32")}
-        log(f"[export]   parity {_brief(results['onnx'])}")
-        if not results["onnx"]["passed"]:
-            raise parity.ParityError(f"generator.onnx fails parity with PyTorch: {'; '.join(results['onnx']['failures'])}; nothing published")
+        onnx_path, fp32_model, results = _export_fp32(folded, work, reference_images, latents, log)
         artifacts = {"generator.onnx": onnx_path}
 
         fp16_status = {"published": False, "reason": "not requested (--no-fp16)"}
         if fp16:
-            log("[export] onnx fp16: onnxconverter_common float16 (attention MatMul/Softmax and uint8 tail in fp32)")
-            fp16_path = work / "generator_fp16.onnx"
-            fp16_model = onnx_export.convert_fp16(fp32_model)
-            onnx.save(fp16_model, str(fp16_path))
-            results["onnx_fp16"] = parity.onnx_parity(fp16_model, reference_images, latents, "fp16")
-            log(f"[export]   parity {_brief(results['onnx_fp16'])}")
-            if results["onnx_fp16"]["passed"]:
+            fp16_path, results["onnx_fp16"], fp16_status = _export_fp16(fp32_model, work, reference_images, latents, log)
+            if fp16_path is not None:
                 artifacts["generator_fp16.onnx"] = fp16_path
-                fp16_status = {"published": True, "reason": "parity within fp16 thresholds"}
-            else:
-                fp16_status = {"published": False, "reason": "rejected: " + "; ".join(results["onnx_fp16"]["failures"])}
-                log(f"[export]   generator_fp16.onnx not published ({fp16_status['reason']})")
 
         trt_meta, max_batch_limit = None, None
         if trt:
@@ -162,38 +147,7 @@ def export_checkpoint(
             artifacts["generator.plan"] = plan_path
             max_batch_limit = trt_meta["profile"]["max"][0]
 
-        metadata = {
-            "format": "bamsgan-model-version",
-            "format_version": 1,
-            "model": model_name,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"checkpoint": str(checkpoint.resolve()), "sha256": digest, "bytes": checkpoint.stat().st_size, "weights": "G_ema"},
-            "epoch": state["epoch"],  # completed training epochs
-            "step": state["step"],
-            "architecture": {"generator": "training.networks.sagan.Generator", **model},
-            "training_config": state.get("config"),
-            "z_dim": model["z_dim"],
-            "image_shape": [IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS],
-            "io": {
-                "input": {"name": onnx_export.INPUT_NAME, "dtype": "FP32", "shape": [-1, model["z_dim"]]},
-                "output": {"name": onnx_export.OUTPUT_NAME, "dtype": "UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS]},
-            },
-            "engines": {
-                "onnx": "generator.onnx",
-                "onnx_fp16": "generator_fp16.onnx" if "generator_fp16.onnx" in artifacts else None,
-                "tensorrt": "generator.plan" if trt else None,
-            },
-            "parity": {engine: results.get(engine) for engine in ("onnx", "onnx_fp16", "tensorrt")},
-            "fp16": fp16_status,
-            "tensorrt": trt_meta,
-            "export": {
-                "exporter": onnx_export.EXPORTER,
-                "folded": ["spectral_norm", "BatchNorm2d -> ConvTranspose2d"],
-                "attention": "reference (MatMul + Softmax)",
-                "fp16_fp32_ops": list(onnx_export.FP16_BLOCKED_OPS) + ["tanh -> uint8 tail"],
-            },
-            "versions": _versions(trt_meta["tensorrt"] if trt_meta else None),
-        }
+        metadata = _version_metadata(model_name, checkpoint, digest, state, model, artifacts, results, fp16_status, trt_meta)
         model_dir = Path(repository_dir) / model_name
         changes = repository.sync_config(model_dir, model_name, max_batch_limit)
         for change in changes:
@@ -201,6 +155,72 @@ def export_checkpoint(
         version_dir = repository.publish_version(model_dir, artifacts, metadata, backend_source=backend_source)
     log(f"[export] published {version_dir}")
     return ExportResult(version_dir, metadata, changes)
+
+
+def _export_fp32(folded: torch.nn.Module, work: Path, reference_images, latents, log) -> tuple[Path, onnx.ModelProto, dict]:
+    """Export generator.onnx and check its parity with PyTorch, which must pass (else ParityError, nothing
+    published): (its path, the model, {"onnx": parity})."""
+    log(f"[export] onnx: {onnx_export.EXPORTER} -> {work / 'generator.onnx'}")
+    onnx_path = work / "generator.onnx"
+    fp32_model = onnx_export.export_onnx(folded, onnx_path)
+    results = {"onnx": parity.onnx_parity(fp32_model, reference_images, latents, "fp32")}
+    log(f"[export]   parity {_brief(results['onnx'])}")
+    if not results["onnx"]["passed"]:
+        raise parity.ParityError(f"generator.onnx fails parity with PyTorch: {'; '.join(results['onnx']['failures'])}; nothing published")
+    return onnx_path, fp32_model, results
+
+
+def _export_fp16(fp32_model: onnx.ModelProto, work: Path, reference_images, latents, log) -> tuple[Path | None, dict, dict]:
+    """Convert to generator_fp16.onnx and check its parity: (its path, or None when rejected; the parity;
+    the metadata's "fp16" status)."""
+    log("[export] onnx fp16: onnxconverter_common float16 (attention MatMul/Softmax and uint8 tail in fp32)")
+    fp16_path = work / "generator_fp16.onnx"
+    fp16_model = onnx_export.convert_fp16(fp32_model)
+    onnx.save(fp16_model, str(fp16_path))
+    result = parity.onnx_parity(fp16_model, reference_images, latents, "fp16")
+    log(f"[export]   parity {_brief(result)}")
+    if result["passed"]:
+        return fp16_path, result, {"published": True, "reason": "parity within fp16 thresholds"}
+    status = {"published": False, "reason": "rejected: " + "; ".join(result["failures"])}
+    log(f"[export]   generator_fp16.onnx not published ({status['reason']})")
+    return None, result, status
+
+
+def _version_metadata(model_name: str, checkpoint: Path, digest: str, state: dict, model: dict, artifacts: dict[str, Path],
+                      results: dict, fp16_status: dict, trt_meta: dict | None) -> dict:
+    """metadata.json of a new version: its source checkpoint, architecture, I/O, engines, parity and versions."""
+    return {
+        "format": "bamsgan-model-version",
+        "format_version": 1,
+        "model": model_name,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"checkpoint": str(checkpoint.resolve()), "sha256": digest, "bytes": checkpoint.stat().st_size, "weights": "G_ema"},
+        "epoch": state["epoch"],  # completed training epochs
+        "step": state["step"],
+        "architecture": {"generator": "training.networks.sagan.Generator", **model},
+        "training_config": state.get("config"),
+        "z_dim": model["z_dim"],
+        "image_shape": [IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS],
+        "io": {
+            "input": {"name": onnx_export.INPUT_NAME, "dtype": "FP32", "shape": [-1, model["z_dim"]]},
+            "output": {"name": onnx_export.OUTPUT_NAME, "dtype": "UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, IMAGE_CHANNELS]},
+        },
+        "engines": {
+            "onnx": "generator.onnx",
+            "onnx_fp16": "generator_fp16.onnx" if "generator_fp16.onnx" in artifacts else None,
+            "tensorrt": "generator.plan" if "generator.plan" in artifacts else None,
+        },
+        "parity": {engine: results.get(engine) for engine in ("onnx", "onnx_fp16", "tensorrt")},
+        "fp16": fp16_status,
+        "tensorrt": trt_meta,
+        "export": {
+            "exporter": onnx_export.EXPORTER,
+            "folded": ["spectral_norm", "BatchNorm2d -> ConvTranspose2d"],
+            "attention": "reference (MatMul + Softmax)",
+            "fp16_fp32_ops": list(onnx_export.FP16_BLOCKED_OPS) + ["tanh -> uint8 tail"],
+        },
+        "versions": _versions(trt_meta["tensorrt"] if trt_meta else None),
+    }
 
 
 def _build_tensorrt(onnx_path: Path, model: onnx.ModelProto, plan_path: Path, reference_images, latents, log) -> tuple[dict, dict]:

@@ -50,6 +50,7 @@ from export.repository import RepositoryError, versions
 from training.checkpoint import (
     RELEASE_KEY, REQUIRED_KEYS, CheckpointError, generator_from_checkpoint, load_checkpoint, save_checkpoint,
 )
+from training.networks.sagan import G_ATTENTION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASED_DIR = REPO_ROOT / "export" / "released"
@@ -222,7 +223,8 @@ def model_section(state: dict, weights_bytes: int, weights_sha: str) -> list[str
     generator = generator_from_checkpoint(state)
     parameters = sum(parameter.numel() for parameter in generator.parameters())
     c = model["channels"]
-    attention = "self-attention at 16x16 and 32x32" if model["attention"] else "no self-attention (DCGAN-like)"
+    resolutions = " and ".join(f"{r}x{r}" for r in model.get("g_attention", G_ATTENTION))
+    attention = f"self-attention at {resolutions}" if model["attention"] else "no self-attention (DCGAN-like)"
     return [
         "## Model", "",
         f"`training.networks.sagan.Generator` (SAGAN layout): latent z [{model['z_dim']}] -> 4x4x{8 * c} -> 8x8x{4 * c} -> "

@@ -10,6 +10,7 @@ tiny TorchScript network of the Inception contract (fast), and once with the pac
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,23 @@ def bad_input(argv, capsys, expected: str) -> None:
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], stderr
+
+
+def test_no_source_scores_the_newest_run_else_the_release_and_says_so(checkpoint, tmp_path, capsys, monkeypatch):
+    """`make evaluate` with nothing to point at: a fresh clone has no runs/, so the released generator it serves."""
+    from export.release import RELEASED_WEIGHTS
+
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    result = evaluation([], tmp_path, capsys, "released")
+    assert result["source"]["kind"] == "checkpoint" and Path(result["source"]["path"]).resolve() == RELEASED_WEIGHTS.resolve()
+    for age, name in enumerate(("newer", "older")):  # then runs/ appears: its newest checkpoint wins, whatever the names
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        shutil.copy(checkpoint, tmp_path / "runs" / name / "checkpoint-latest.pt")
+        os.utime(tmp_path / "runs" / name / "checkpoint-latest.pt", (1e9 - age * 1000, 1e9 - age * 1000))
+    code, stdout, stderr = run_main([*FAST, "--out", tmp_path / "run.json"], capsys)
+    assert code == 0, stderr
+    assert "scoring the newest run, runs/newer" in stdout
+    assert json.loads((tmp_path / "run.json").read_text())["source"]["kind"] == "run"
 
 
 def test_bad_sources_are_one_line_errors(tmp_path, capsys):

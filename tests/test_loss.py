@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import TrainConfig, parse_args
-from training.loss import FAKE_TERMS, discriminator_loss, generator_loss
+from training.loss import FAKE_TERMS, LOSSES, check_loss, discriminator_loss, generator_loss, gradient_penalty
 
 # Hinge terms by hand: real relu(1 - [2, 0.5]) -> 0.25, fake relu(1 + [-2, 0]) -> 0.5,
 # blur relu(1 + 0.5) -> 1.5, memory relu(1 - 0.5) -> 0.5.
@@ -69,3 +69,41 @@ def test_bad_fake_terms_are_refused_with_the_choices(capsys):
         parse_args(["--fake-terms", "mean"])
     assert "fake_terms must be one of ('sum', 'average'), got 'mean'" in capsys.readouterr().err
     assert parse_args(["--fake-terms", "sum"])[0].fake_terms == "sum"
+
+
+def test_lsgan_and_wgan_terms_by_hand():
+    logits = {"real": torch.tensor([2.0, 0.0]), "fake": torch.tensor([-1.0, 1.0])}
+    total, terms = discriminator_loss(logits, "lsgan")
+    assert terms["real"].item() == 0.5 * (1 + 1) / 2 and terms["fake"].item() == 0.5 * (1 + 1) / 2  # (d-1)^2/2, d^2/2
+    assert generator_loss(torch.tensor([1.0, -1.0]), "lsgan").item() == 0.5 * (0 + 4) / 2
+    total, terms = discriminator_loss(logits, "wgan-gp")
+    assert terms["real"].item() == -1.0 and terms["fake"].item() == 0.0 and total.item() == -1.0
+    assert generator_loss(torch.tensor([1.0, 3.0]), "wgan-gp").item() == -2.0
+
+
+def test_label_smoothing_aims_bce_at_point_nine_and_point_one():
+    logits = {"real": torch.tensor([0.3]), "fake": torch.tensor([-0.2])}
+    _, terms = discriminator_loss(logits, "bce", label_smoothing=0.1)
+    bce = lambda d, y: -(y * torch.log(torch.sigmoid(d)) + (1 - y) * torch.log(1 - torch.sigmoid(d)))
+    torch.testing.assert_close(terms["real"], bce(torch.tensor(0.3), 0.9))
+    torch.testing.assert_close(terms["fake"], bce(torch.tensor(-0.2), 0.1))
+    with pytest.raises(ValueError, match="label_smoothing needs --loss bce"):
+        check_loss("hinge", 0.1)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    """D(x) = <w, x> has gradient w everywhere: the penalty is (|w| - 1)^2 whatever the points."""
+    weight = torch.full((1, 3, 4, 4), 0.5)  # |w| = 0.5 * sqrt(48)
+    critic = lambda images: (images * weight).flatten(1).sum(1)
+    penalty = gradient_penalty(critic, torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4), torch.rand(5))
+    torch.testing.assert_close(penalty, torch.tensor((0.5 * 48**0.5 - 1) ** 2))
+
+
+def test_unknown_loss_is_one_line_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--loss", "wasserstein"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1
+    assert err[0].endswith("loss must be one of hinge, bce, lsgan, wgan-gp; got 'wasserstein'")
+    for name in LOSSES:
+        assert parse_args(["--loss", name])[0].loss == name

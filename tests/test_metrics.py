@@ -199,7 +199,7 @@ def test_detector_rate_near_one_for_faces_and_near_zero_for_noise(faces):
 def test_detector_on_real_faces(real_faces):
     first, second = real_faces[:256], real_faces[256:]
     entry = compute_metrics(second, first, ["detector"], detector=DETECTOR)["detector"]
-    assert entry["real_rate"] > 0.9 and entry["fake_rate"] > 0.9  # README: ~98 % of real faces
+    assert entry["real_rate"] > 0.9 and entry["fake_rate"] > 0.9  # ../shared/data/README.md: ~98 % of real faces
     assert entry["value"] == pytest.approx(1.0, abs=0.1)
 
 
@@ -252,6 +252,14 @@ def test_named_files_that_are_missing_or_foreign_are_errors(tmp_path, faces, mon
     torch.save({"conv.weight": torch.zeros(1)}, other)  # a state dict, not a network
     with pytest.raises(MetricsError, match="truncated or not a TorchScript file"):
         metrics.feature_network(other)
+
+
+def test_default_places_are_the_repositorys_data_and_the_shared_models():
+    """The detector's default places hang off the repository root, wherever face_quality.py sits in it."""
+    root = Path(__file__).resolve().parent.parent
+    assert metrics.DETECTOR_DEFAULTS == (root / "data" / metrics.DETECTOR_NAME, root.parent / "shared" / "models" / metrics.DETECTOR_NAME)
+    if DETECTOR.exists():
+        assert metrics.find_detector() is not None
 
 
 def test_found_files_follow_path_then_environment(tmp_path, monkeypatch):

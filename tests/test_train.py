@@ -3,6 +3,7 @@
 On the shared real faces (../shared/data) when present, else on synthetic faces: a fresh clone
 without the data still tests the whole loop."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -226,3 +227,109 @@ def test_one_source_of_defaults(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for flag, default in (("epochs", TrainConfig.epochs), ("batch-size", TrainConfig.batch_size), ("beta1", TrainConfig.beta1)):
         assert f"--{flag} {flag.upper().replace('-', '_')} default {default!r} (paper: {getattr(paper, flag.replace('-', '_'))!r})" in help_text
+
+
+def test_generator_attention_resolutions_reach_the_checkpoint_and_back(tmp_path):
+    """--g-attention 16 drops G's 32x32 attention; the checkpoint's model says so and rebuilds it."""
+    from training.networks.attention import SelfAttention2d
+
+    run = tmp_path / "run"
+    trainer = train(tiny_config(tmp_path, epochs=1, g_attention="16"), run)
+    assert [m.channels for m in trainer.G.modules() if isinstance(m, SelfAttention2d)] == [8]  # 16x16 only (2c = 8)
+    state = load_checkpoint(run / LATEST)
+    assert state["model"]["g_attention"] == [16]
+    rebuilt = generator_from_checkpoint(state)
+    assert [m.channels for m in rebuilt.modules() if isinstance(m, SelfAttention2d)] == [8]
+    older = {**state, "model": {key: value for key, value in state["model"].items() if key != "g_attention"}}
+    with pytest.raises(Exception, match="do not fit its architecture"):  # a checkpoint without the field: the paper's layers
+        generator_from_checkpoint(older)
+
+
+@pytest.mark.parametrize("text", ["8", "16,64", "x", ""])
+def test_bad_generator_attention_is_one_line(text, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--g-attention", text])
+    assert "g_attention" in capsys.readouterr().err
+
+
+def test_bf16_autocast_on_cpu_only_where_native(tmp_path, monkeypatch):
+    """--cpu-amp: bf16 layers on a CPU with native bf16, fp32 elsewhere (and said so); weights stay fp32."""
+    from training import train as train_module
+
+    for native in (False, True):
+        monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+        config = tiny_config(tmp_path, epochs=1, cpu_amp=True)
+        assert train_module.use_bf16(config, torch.device("cpu")) is native
+        assert train_module.use_bf16(dataclasses.replace(config, amp=False), torch.device("cpu")) is False
+    run = tmp_path / "bf16"
+    trainer = train(tiny_config(tmp_path, epochs=1, cpu_amp=True), run)  # native bf16 pretended: emulated where absent, still right
+    assert trainer.bf16 and all(p.dtype == torch.float32 for p in trainer.G.parameters())
+    with trainer.autocast():
+        assert trainer.G(torch.randn(2, Z_DIM)).dtype == torch.bfloat16
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert np.isfinite(stats[-1]["loss_D"]) and json.loads((run / "options.json").read_text())["run"]["bf16"] is True
+
+
+def test_bench_variants_take_named_parts_and_config_fields():
+    from training.studies.bench_training import variant_flags
+
+    assert variant_flags("channels-last+bf16+batch_size=64+g_attention=16") == {
+        "channels_last": True, "compile": False, "amp": True, "cpu_amp": True, "batch_size": 64, "g_attention": "16"}
+    assert variant_flags("eager") == {"channels_last": False, "compile": False, "amp": False}
+    with pytest.raises(SystemExit, match="unknown variant part 'turbo'"):
+        variant_flags("eager+turbo")
+
+
+SAGAN_TINY = ["--data", DATA, "--synthetic-size", "64", "--max-images", "64", "--channels", "4", "--batch-size", "16",
+              "--threads", "1", "--sample-seeds", "9", "--memory-capacity", "24", "--memory-store-per-step", "4"]
+
+
+def test_a_fork_without_changes_is_the_exact_continuation(tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    main([*SAGAN_TINY, *cache, "--ablation", "sagan", "--epochs", "3", "--out", str(tmp_path / "straight")])
+    main([*SAGAN_TINY, *cache, "--ablation", "sagan", "--epochs", "2", "--out", str(tmp_path / "first")])
+    main(["--fork", str(tmp_path / "first" / LATEST), "--epochs", "3", "--out", str(tmp_path / "fork")])
+    assert_same_training_state(tmp_path / "straight" / LATEST, tmp_path / "fork" / LATEST)
+    forked = json.loads((tmp_path / "fork" / "options.json").read_text())["run"]["forked_from"]
+    assert forked["epoch"] == 2 and forked["checkpoint"].endswith(LATEST)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "fork" / "stats.jsonl").read_text().splitlines()] == [3]
+
+
+def test_a_fork_switches_blur_and_memory_on_and_fills_the_memory_before_replaying(tmp_path, capsys):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    main([*SAGAN_TINY, *cache, "--ablation", "sagan", "--epochs", "2", "--out", str(tmp_path / "sagan")])
+    for seed in (0, 1):
+        main(["--fork", str(tmp_path / "sagan" / LATEST), "--blur", "--memory", "--epochs", "4", "--seed", str(seed),
+              "--out", str(tmp_path / f"bamsgan-{seed}")])
+    printed = capsys.readouterr().out
+    assert "has no memory repository (its run had none); the memory starts empty" in printed
+    assert "fills from epoch 3 and replays from epoch 4" in printed and "blur False -> True" in printed
+    stats = [json.loads(line) for line in (tmp_path / "bamsgan-0" / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == [3, 4]
+    assert "loss_D_blur" in stats[0] and "loss_D_memory" not in stats[0] and "loss_D_memory" in stats[1]
+    assert stats[0]["memory_images"] > 0
+    seeds = [flat(load_checkpoint(tmp_path / f"bamsgan-{seed}" / LATEST)["G"]) for seed in (0, 1)]
+    assert not torch.equal(seeds[0], seeds[1])  # --seed reseeds what follows the fork
+
+
+def flat(state_dict) -> torch.Tensor:
+    return torch.cat([value.flatten().float() for value in state_dict.values()])
+
+
+def test_a_fork_keeps_the_networks_and_needs_a_training_checkpoint(tmp_path, capsys):
+    main([*SAGAN_TINY, "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="cannot change channels"):
+        main(["--fork", str(tmp_path / "run" / LATEST), "--channels", "8", "--out", str(tmp_path / "wider")])
+    with pytest.raises(SystemExit, match="no checkpoint|not a BaMSGAN|does not exist|No such file"):
+        main(["--fork", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "nothing")])
+    assert not (tmp_path / "wider").exists() or not (tmp_path / "wider" / "options.json").exists()
+
+
+def test_wgan_gp_takes_several_critic_steps_per_generator_step(tmp_path):
+    trainer = train(tiny_config(tmp_path, epochs=1, blur=False, memory=False, loss="wgan-gp", d_steps=2, lr_g=1e-4, lr_d=1e-4,
+                                beta1=0.0), tmp_path / "wgan")
+    g_steps = {int(state["step"]) for state in trainer.opt_G.state.values()}
+    d_steps = {int(state["step"]) for state in trainer.opt_D.state.values()}
+    assert trainer.step_count == 4 and d_steps == {4} and g_steps == {2}
+    stats = json.loads((tmp_path / "wgan" / "stats.jsonl").read_text().splitlines()[0])
+    assert stats["loss_D_gp"] >= 0 and np.isfinite(stats["loss_G"]) and np.isfinite(stats["loss_D"])

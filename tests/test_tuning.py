@@ -373,7 +373,8 @@ def test_bench_training_refuses_an_unknown_variant_in_one_line():
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.strip() == "error: unknown variant part(s) bogus; choose from eager, channels-last, compile"
+    assert done.stderr.strip() == ("error: unknown variant part 'bogus'; choose from eager, channels-last, compile, bf16 "
+                                   "or FIELD=VALUE with a training config field (python -m training.train --help)")
 
 
 def test_a_run_saved_before_the_tuning_resumes_with_its_own_recipe():

@@ -6,14 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,34 +17,11 @@ from PIL import Image
 from clients import ui
 from clients.endpoints import EndpointPool
 from clients.generate import request_faces, walk_from_pool
+# The explorer in a thread and the page's steps: the very functions that take the README's picture.
+from clients.ui_screenshot import ChromiumMissing, Tour, explore, find_chromium, launch_chromium, open_explorer, running_ui, screenshot
 from serving.launcher import free_ports
 from training.data.images import image_grid
 from training.latents import MAX_SEED
-
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-
-
-@contextmanager
-def running_ui(urls):
-    """The explorer's web app on a free local port, served by uvicorn in a thread, as `make ui` runs it."""
-    import uvicorn
-
-    explorer = ui.Explorer(urls, timeout=20.0, retries=1)
-    port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(ui.create_app(explorer), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="ui", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the explorer did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        explorer.close()
 
 
 def get(base: str, path: str, **params) -> tuple[int, dict | bytes, dict]:
@@ -216,29 +188,24 @@ def test_cli_errors_exit_2(capsys):
 
 def chromium_or_skip() -> str:
     """Debian's chromium. CI installs it (.ci/run), so there a missing one fails; a developer without it skips."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "chromium is not installed: apt-get install chromium (.ci/run does)"
+    try:
+        return find_chromium()
+    except ChromiumMissing as missing:
+        message = f"{missing} (.ci/run does)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return path
 
 
 @pytest.fixture
 def page(explorer_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    executable = chromium_or_skip()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile", executable_path=chromium_or_skip(), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        browser = launch_chromium(playwright, tmp_path / "chromium-profile", executable)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(explorer_url)
-            yield page
+            yield open_explorer(browser, explorer_url)  # the first grid (shown on load) is in before the form changes
         finally:
             browser.close()
 
@@ -261,48 +228,43 @@ def pixels(page, selector: str) -> np.ndarray:
     return rgba[..., :3]
 
 
+# The test's tour of the page; clients.ui_screenshot.PICTURE_TOUR is the README picture's.
+# Walk A None: the "Walk from here" button sets it from the large face.
+TEST_TOUR = Tour(start="40", count="6", truncation="0.75", look="42", walk_a=None, walk_b="7", frames="5", frame=0)
+
+
 def test_the_page_in_chromium(page, triton_server, tmp_path):
     from playwright.sync_api import expect
 
-    # The first grid (shown on load) is in before the form changes.
-    page.wait_for_selector("#grid[aria-busy='false'] img")
-    # Browse: a grid from a start seed, with truncation; the face's pixels are the gRPC client's bytes.
-    page.fill("#start", "40")
-    page.fill("#count", "6")
-    page.fill("#truncation", "0.75")
-    page.click("#show")
-    page.wait_for_selector("#grid img[data-seed='45']")
+    # The tour, as clients.ui_screenshot drives it for the README's picture; each step waits until the
+    # page shows its result: a grid of seeds 40-45 at truncation 0.75; face 42 large (clicked);
+    # a walk from 42 ("Walk from here") to 7 in 5 frames that plays (reaches frame 3), then paused on
+    # its first frame; the server panel refreshed with the replica up.
+    explore(page, TEST_TOUR)
+
+    # Browse: the grid from the start seed, with truncation; the face's pixels are the gRPC client's bytes.
     expect(page.locator("#grid img")).to_have_count(6)
     face = request_faces(triton_server.grpc_url, [42], truncation=0.75)[0]
     assert np.array_equal(pixels(page, "#grid img[data-seed='42']"), face)
     assert "/api/grid.png?start=40&count=6&truncation=0.75" in page.get_attribute("#download-grid", "href")
 
-    # Look: a click shows the face large, with its seed.
-    page.click("#grid img[data-seed='42']")
+    # Look: a click showed the face large, with its seed.
     expect(page.locator("#large-seed")).to_have_text("42")
     assert np.array_equal(pixels(page, "#large-image"), face)
 
-    # Walk: from 42 (set from the large face) to 7; it plays, starts on face 42 and is downloadable.
-    page.click("#walk-from")
+    # Walk: from 42 (set from the large face) to 7; it played, starts on face 42 and is downloadable.
     expect(page.locator("#walk-a")).to_have_value("42")
-    page.fill("#walk-b", "7")
-    page.fill("#walk-frames", "5")
-    page.click("#walk")
     expect(page.locator("#walk-view")).to_be_visible()
-    page.wait_for_function("() => document.querySelector('#walk-image').dataset.frame === '3'")  # the animation advances
     assert "/api/walk.gif?a=42&b=7&frames=5&truncation=0.75" in page.get_attribute("#download-gif", "href")
-    page.click("#walk-play")  # pause, then go to the first frame
-    page.locator("#walk-position").fill("0")
     expect(page.locator("#walk-label")).to_have_text("frame 1 / 5")
     assert np.array_equal(pixels(page, "#walk-image"), face)
 
     # Server: the panel shows the replica up, with figures.
-    page.click("#server-refresh")
     expect(page.locator("#server-pill")).to_have_text("server: 1 of 1 up")
     expect(page.locator("#server-table tbody tr.up td").first).to_have_text(triton_server.grpc_url)
-    page.screenshot(path=tmp_path / "face-explorer.png")
+    screenshot(page, tmp_path / "face-explorer.png")
     if os.environ.get("UI_SCREENSHOT"):
-        page.screenshot(path=os.environ["UI_SCREENSHOT"])
+        screenshot(page, os.environ["UI_SCREENSHOT"])
     assert (tmp_path / "face-explorer.png").stat().st_size > 10_000
 
     # Bad input: a clear message on the page; the faces stay; a good request clears it.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from training.networks.sagan import Generator
+from training.networks.sagan import G_ATTENTION, Generator
 
 FORMAT = "bamsgan-checkpoint"
 FORMAT_VERSION = 1
@@ -91,7 +91,8 @@ def require_training_state(state: dict, path: str | os.PathLike) -> dict:
 def generator_from_checkpoint(state: dict, ema: bool = True) -> Generator:
     """The checkpoint's generator (its EMA weights by default), in eval mode, on CPU."""
     model = state["model"]
-    generator = Generator(z_dim=model["z_dim"], channels=model["channels"], attention=model["attention"])
+    generator = Generator(z_dim=model["z_dim"], channels=model["channels"], attention=model["attention"],
+                          g_attention=tuple(model.get("g_attention", G_ATTENTION)))  # checkpoints before the field: the paper's
     if not ema and "G" not in state:
         raise CheckpointError("this checkpoint holds only the EMA generator (G_ema), not the trained G")
     weights = state["G_ema" if ema else "G"]

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from training.networks.attention import ATTENTION_IMPLS
 from training.augment import parse_policy
 from training.constants import Z_DIM
-from training.loss import FAKE_TERMS
+from training.networks.sagan import G_ATTENTION
+from training.loss import FAKE_TERMS, check_loss
 
 
 @dataclass
@@ -42,9 +43,13 @@ class TrainConfig:
     channels: int = 16  # base width c: G has 8c channels at 4x4, D 8c at 4x4
     attention: bool = True  # False gives the DCGAN-like ablation
     attention_impl: str = "auto"  # auto | reference | sdpa | kernel
+    g_attention: str = "16,32"  # the generator's attention resolutions (the paper: 16,32); "16" drops the costly 32x32 layer
 
     # Loss and optimisation (SAGAN's TTUR Adam; the paper's weight decay 1e-4 as regularisation)
-    loss: str = "hinge"  # hinge | bce (the paper's log form)
+    loss: str = "hinge"  # hinge | bce (the paper's log form) | lsgan | wgan-gp (training/loss.py)
+    label_smoothing: float = 0.0  # bce only: D aims at 1 - s for reals and s for fakes (the reports' DCGAN trick: 0.1)
+    gp_weight: float = 10.0  # wgan-gp: the gradient penalty's lambda (Gulrajani et al.: 10)
+    d_steps: int = 1  # D steps per G step (wgan-gp's critic iterations: 5); each D step takes the next batch
     lr_g: float = 2e-4
     lr_d: float = 4e-4
     beta1: float = 0.5  # SAGAN (the paper preset): 0
@@ -61,7 +66,7 @@ class TrainConfig:
     ema_kimg: float | None = None
     ema_rampup: float | None = None
     # True: after each epoch G-EMA gets its own spectral-norm vectors and BatchNorm statistics
-    # ("standing statistics", from its own outputs); False: it copies G's (measured worse, see README)
+    # ("standing statistics", from its own outputs); False: it copies G's (measured worse, docs/results.md)
     ema_standing_stats: bool = True
     flip: bool = True  # mirror real (and blurred) faces left-right at random
     # DiffAugment (training/augment.py): comma-separated transforms from color, translation, cutout
@@ -116,8 +121,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.fake_terms not in FAKE_TERMS:
             raise ValueError(f"fake_terms must be one of {FAKE_TERMS}, got {self.fake_terms!r}")
-        if self.loss not in ("hinge", "bce"):
-            raise ValueError(f"loss must be 'hinge' or 'bce', got {self.loss!r}")
+        check_loss(self.loss, self.label_smoothing)
+        if self.d_steps < 1 or self.gp_weight < 0:
+            raise ValueError(f"d_steps must be at least 1 and gp_weight at least 0, got {self.d_steps} and {self.gp_weight}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.channels < 1:
@@ -131,13 +137,25 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         parse_policy(self.augment)
+        parse_resolutions(self.g_attention)
         if self.memory_replay_epoch < self.memory_fill_epoch:
             raise ValueError("memory_replay_epoch must not come before memory_fill_epoch")
 
     @property
     def model(self) -> dict:
         """The architecture: what a checkpoint needs to rebuild its networks."""
-        return {"z_dim": Z_DIM, "channels": self.channels, "attention": self.attention}
+        return {"z_dim": Z_DIM, "channels": self.channels, "attention": self.attention, "g_attention": list(parse_resolutions(self.g_attention))}
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    """'16,32' -> (16, 32): the generator's attention resolutions, each one of G_ATTENTION's."""
+    try:
+        resolutions = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise ValueError(f"g_attention takes resolutions separated by commas (e.g. 16,32), got {text!r}") from None
+    if not resolutions or not set(resolutions) <= set(G_ATTENTION):
+        raise ValueError(f"g_attention must name some of {','.join(map(str, G_ATTENTION))}, got {text!r}")
+    return resolutions
 
 
 PRESETS: dict[str, dict] = {
@@ -155,7 +173,7 @@ PAPER_ABLATIONS: dict[str, dict] = {  # the paper's ablation study: `make ablati
 }
 
 # The tuning ladder behind today's CPU defaults: each step adds one change to the step before,
-# starting from the CPU preset as it was ("v0-before"); README "What made the faces better" has
+# starting from the CPU preset as it was ("v0-before"); docs/results.md ("the tuning ladder") has
 # the measured table. A step that did not help is listed with what it did and left out after it.
 BEFORE_TUNING = dict(fake_terms="sum", decay_normalised=True, ema_standing_stats=False, flip=False, blur_fraction=0.1)
 TUNING_LADDER: dict[str, dict] = {
@@ -191,9 +209,22 @@ CANDIDATES: dict[str, dict] = {
     "sagan-ema-10kimg": dict(blur=False, memory=False, **STYLEGAN_EMA),
     "sagan-diffaugment": dict(blur=False, memory=False, augment=DIFF_AUGMENT),
     "sagan-c32": dict(blur=False, memory=False, channels=32),  # twice the width: FID per CPU-hour against c = 16
+    "sagan-g-attention-16": dict(blur=False, memory=False, g_attention="16"),  # no 32x32 attention: FID per CPU-hour
 }
 
-ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES}  # what --ablation can name
+# The student reports' and the paper's baselines, on SAGAN's networks (blur and memory off) so only the
+# loss differs from "sagan"; "dcgan-tricks" is the plain DCGAN with the reports' label smoothing (TTUR:
+# the CPU preset's lr_d = 2 lr_g already).
+SAGAN_NETS = dict(blur=False, memory=False)
+BASELINES: dict[str, dict] = {
+    "bce": dict(SAGAN_NETS, loss="bce"),
+    "lsgan": dict(SAGAN_NETS, loss="lsgan"),
+    # Gulrajani et al.: lambda 10, 5 critic steps per G step, Adam lr 1e-4 for both, betas (0, 0.9).
+    "wgan-gp": dict(SAGAN_NETS, loss="wgan-gp", gp_weight=10.0, d_steps=5, lr_g=1e-4, lr_d=1e-4, beta1=0.0, beta2=0.9),
+    "dcgan-tricks": dict(SAGAN_NETS, attention=False, loss="bce", label_smoothing=0.1),
+}
+
+ABLATIONS: dict[str, dict] = {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES, **BASELINES}  # what --ablation can name
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -203,7 +234,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--bench", type=int, default=0, metavar="STEPS",
                         help="time STEPS full training steps on random images, print images/s and peak memory, exit")
-    parser.add_argument("--ablation", choices=sorted(ABLATIONS), default="bamsgan", help="switch blur/memory/attention off")
+    parser.add_argument("--fork", metavar="CHECKPOINT",
+                        help="start a new run (--out) from another run's checkpoint: its config and state, with --ablation and "
+                             "the flags given switched (e.g. --blur --memory); --seed K reseeds what follows the fork")
+    parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None, help="switch blur/memory/attention off (default bamsgan)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -219,13 +253,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     preset = args.preset or defaults.preset
     if preset not in PRESETS:
         parser.error(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **ABLATIONS[args.ablation], "preset": preset}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None})
+    if args.fork and args.resume:
+        parser.exit(2, f"{parser.prog}: error: --fork starts a new run and --resume continues one: give one of them\n")
+    values = {**PRESETS[preset], **ABLATIONS[args.ablation or "bamsgan"], "preset": preset, **given_fields(args)}
     try:
         config = TrainConfig(**values)
     except ValueError as error:
-        parser.error(str(error))
+        parser.exit(2, f"{parser.prog}: error: {error}\n")  # one line: the bad value and the choices
     return config, args
+
+
+def given_fields(args: argparse.Namespace) -> dict:
+    """The config fields given on the command line (the rest are None: not given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
+ARCHITECTURE_FIELDS = ("channels", "attention", "g_attention")  # a fork keeps the networks it loads
+
+
+def fork_config(saved: TrainConfig, args: argparse.Namespace, fork_epoch: int) -> tuple[TrainConfig, list[str]]:
+    """A forked run's config: the checkpoint's own, with --ablation's switches and the given flags on
+    top; and what to tell the user. Memory switched on fills from the fork's first epoch and replays
+    from the next (its fill and replay epochs, unless given), so it never replays an empty repository."""
+    changes = {**(ABLATIONS[args.ablation] if args.ablation else {}), **given_fields(args)}
+    changes.pop("preset", None)
+    changes = {name: value for name, value in changes.items() if getattr(saved, name) != value}
+    moved = [name for name in ARCHITECTURE_FIELDS if name in changes]
+    if moved:
+        raise ValueError(f"a fork keeps the checkpoint's networks; it cannot change {', '.join(moved)}")
+    notes = []
+    if changes.get("memory") and not {"memory_fill_epoch", "memory_replay_epoch"} & set(given_fields(args)):
+        changes.update(memory_fill_epoch=fork_epoch, memory_replay_epoch=fork_epoch + 1)
+        notes.append(f"fork: the memory starts empty, fills from epoch {fork_epoch + 1} and replays from epoch {fork_epoch + 2}")
+    notes.append("fork: " + (", ".join(f"{name} {getattr(saved, name)!r} -> {value!r}" for name, value in changes.items())
+                             or "no change: an exact continuation"))
+    return dataclasses.replace(saved, **changes), notes
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from training.augment import diff_augment, parse_policy
 from training.blur import blur_subset
 from training.checkpoint import LATEST, CheckpointError, load_checkpoint, require_training_state, save_checkpoint
-from training.config import TrainConfig, config_from_dict, parse_args
+from training.config import TrainConfig, config_from_dict, fork_config, parse_args
 from training.constants import Z_DIM
 from training.data.dataset import ImageSet, load_images
 from training.distributed import (
@@ -50,8 +50,9 @@ from training.distributed import (
 )
 from training.data.images import from_uint8_nchw, image_grid, save_png, to_uint8_nhwc
 from training.latents import seeds_to_latents
-from training.loss import discriminator_loss, generator_loss
+from training.loss import discriminator_loss, generator_loss, gradient_penalty
 from training.memory import MemoryRepository
+from training.networks.attention import set_attention_impl
 from training.networks.sagan import Discriminator, Generator
 from training.networks.spectral_norm import spectral_norm_original_weights
 from training.tensorboard_log import TrainingBoard
@@ -76,9 +77,11 @@ class Trainer:
         self.cuda = device.type == "cuda"
         self.bf16 = use_bf16(config, device)
         self.rows = rows(world, check_batch_split(config.batch_size, world))  # this rank's rows of each global batch
+        if config.loss == "wgan-gp" and world.distributed:
+            raise ValueError("--loss wgan-gp trains in one process: DDP cannot reduce the gradient penalty's double backward")
         torch.manual_seed(config.seed)
         model = config.model
-        self.G = Generator(model["z_dim"], model["channels"], model["attention"], config.attention_impl).to(device)
+        self.G = Generator(model["z_dim"], model["channels"], model["attention"], config.attention_impl, tuple(model["g_attention"])).to(device)
         self.D = Discriminator(model["channels"], model["attention"], config.attention_impl).to(device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         if world.distributed:
@@ -125,46 +128,72 @@ class Trainer:
     def step(self, batch_index: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on the global batch `batch_index`; this rank computes its rows of it. Random draws
         are made for the whole global batch (the same on every rank) and sliced, so the step does not
-        depend on the number of processes."""
+        depend on the number of processes. Every step is a D step; every d_steps-th also a G step."""
         config, batch, mine = self.config, len(batch_index), self.rows
+        g_step = (self.step_count + 1) % config.d_steps == 0
         z = torch.randn(batch, Z_DIM, device=self.device, generator=self.rng)[mine]
         flips = torch.rand(2, batch, device=self.device, generator=self.rng)[:, mine] < 0.5 if config.flip else [None, None]
         real = self._images(self.pixels[batch_index[mine]], flips[0])
-        with self.autocast():
+        with self.autocast(), torch.set_grad_enabled(g_step):  # G's graph only when G learns from it
             fakes = self.G_step(z)
+        losses = self._d_step(self._d_inputs(real, fakes, flips[1], batch), batch)
+        if g_step:
+            losses["loss_G"] = self._g_step(fakes, batch)
+        if self.memory is not None and self.epoch >= config.memory_fill_epoch:
+            self.memory.add(gather_rows(self.world, fakes.detach(), config.memory_store_per_step).float())
+        if g_step:
+            self._update_ema()
+        self.step_count += 1
+        return losses
 
-        # D step: one call over every input, split back into the loss terms.
+    def _d_inputs(self, real: torch.Tensor, fakes: torch.Tensor, blur_flips, batch: int) -> dict[str, torch.Tensor]:
+        """D's inputs by loss term: reals, G(z), edge-blurred reals, memory replay (those in play), augmented."""
+        config, mine = self.config, self.rows
         parts = {"real": real, "fake": fakes.detach().to(real.dtype)}
         if self.blurred is not None:
             pick = torch.randint(0, len(self.blurred), (batch,), device=self.device, generator=self.rng)[mine]
-            parts["blur"] = self._images(self.blurred[pick], flips[1])
+            parts["blur"] = self._images(self.blurred[pick], blur_flips)
         if self.memory is not None and self.epoch >= config.memory_replay_epoch and len(self.memory):
             parts["memory"] = self.memory.sample(batch, rows=mine).to(real.dtype)
-        parts = {name: self._augment(part, batch) for name, part in parts.items()}
+        return {name: self._augment(part, batch) for name, part in parts.items()}
+
+    def _d_step(self, parts: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+        """One call of D over every input, split back into the loss terms; D's update. Returns the figures."""
+        config = self.config
         with self.autocast():
             logits = self.D_step(torch.cat(list(parts.values()))).float()
         logits_by_part = dict(zip(parts, logits.split([len(part) for part in parts.values()])))
-        loss_D, terms = discriminator_loss(logits_by_part, config.loss, config.blur_weight, config.memory_weight, config.fake_terms)
-        mean_logits = {f"D_{name}": part.detach().mean() for name, part in logits_by_part.items()}  # stays on the device
+        loss_D, terms = discriminator_loss(logits_by_part, config.loss, config.blur_weight, config.memory_weight, config.fake_terms,
+                                           config.label_smoothing)
+        if config.loss == "wgan-gp":
+            terms["gp"] = self._gradient_penalty(parts["real"], parts["fake"], batch)
+            loss_D = loss_D + config.gp_weight * terms["gp"]
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         self.opt_D.step()
+        mean_logits = {f"D_{name}": part.detach().mean() for name, part in logits_by_part.items()}  # stays on the device
+        return {"loss_D": loss_D.detach(), **{f"loss_D_{k}": v.detach() for k, v in terms.items()}, **mean_logits}
 
-        # G step through the updated D; D's weights need no gradients here.
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, batch: int) -> torch.Tensor:
+        """WGAN-GP's penalty in fp32 through the bare D with the reference attention (SDPA and the
+        Triton kernel have no double backward); one process only (DDP cannot reduce it)."""
+        mix = torch.rand(batch, device=self.device, generator=self.rng)[self.rows]
+        set_attention_impl(self.D, "reference")
+        try:
+            return gradient_penalty(self.D, real.float(), fake.float(), mix)
+        finally:
+            set_attention_impl(self.D, self.config.attention_impl)
+
+    def _g_step(self, fakes: torch.Tensor, batch: int) -> torch.Tensor:
+        """G's update through the just-updated D, whose weights need no gradients here."""
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G = generator_loss(self.D_frozen(self._augment(fakes, batch)).float(), config.loss)
+            loss_G = generator_loss(self.D_frozen(self._augment(fakes, batch)).float(), self.config.loss)
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
         self.D.requires_grad_(True)
-
-        if self.memory is not None and self.epoch >= config.memory_fill_epoch:
-            self.memory.add(gather_rows(self.world, fakes.detach(), config.memory_store_per_step).float())
-        self._update_ema()
-        self.step_count += 1
-        return {"loss_D": loss_D.detach(), "loss_G": loss_G.detach(), **{f"loss_D_{k}": v.detach() for k, v in terms.items()},
-                **mean_logits}
+        return loss_G.detach()
 
     def _augment(self, images: torch.Tensor, batch: int) -> torch.Tensor:
         """DiffAugment (config.augment) of this rank's rows of a global batch of `batch` D inputs."""
@@ -233,10 +262,15 @@ class Trainer:
             raise CheckpointError(f"checkpoint networks do not match this run's architecture: {error}") from None
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        for optimiser, lr in ((self.opt_G, self.config.lr_g), (self.opt_D, self.config.lr_d)):  # a fork may change them
+            for group in optimiser.param_groups:
+                group.update(lr=lr, betas=(self.config.beta1, self.config.beta2),
+                             weight_decay=self.config.weight_decay if group["weight_decay"] else 0.0)
         if self.memory is not None and state.get("memory") is not None:
             self.memory.load_state_dict(state["memory"])
-        self.rng.set_state(state["rng"]["train"])
-        torch.set_rng_state(state["rng"]["torch_cpu"])
+        if state.get("rng") is not None:  # a fork with a new --seed draws afresh from it
+            self.rng.set_state(state["rng"]["train"])
+            torch.set_rng_state(state["rng"]["torch_cpu"])
         self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
@@ -466,9 +500,39 @@ def resumed_config(run_dir: Path, world: World, resume_epochs: int | None,
     return config, state
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, trainer: Trainer, resumed: bool, world: World) -> None:
-    """Rank 0: folders; a fresh run writes options.json and the real faces' grid, a resumed one drops
-    the log records of the epochs it is about to redo."""
+def forked_config(fork: Path, args, world: World, log) -> tuple[TrainConfig, dict]:
+    """A new run's config and starting state from another run's checkpoint (`--fork`): training/config.py's
+    fork_config decides the config; a new --seed drops the saved random state, so what follows is drawn afresh."""
+    state = load_checkpoint(fork, map_location="cpu")
+    require_training_state(state, fork)
+    saved = config_from_dict(state["config"])
+    config, notes = fork_config(saved, args, int(state["epoch"]))
+    check_batch_split(config.batch_size, world, resumed=True)
+    if config.memory and state.get("memory") is None:
+        notes.insert(0, f"fork: {fork} has no memory repository (its run had none); the memory starts empty")
+    if config.seed != saved.seed:
+        state = {**state, "rng": None}
+    for note in notes:
+        log(note)
+    return config, {**state, "forked_from": {"checkpoint": str(fork), "epoch": int(state["epoch"]), "step": int(state["step"]),
+                                             "notes": notes}}
+
+
+def starting_point(config: TrainConfig, run_dir: Path, resume: bool, resume_epochs: int | None, resume_minutes: float | None,
+                   fork_args, world: World, log) -> tuple[TrainConfig, dict | None]:
+    """(config, checkpoint state or None): a fresh run, a resumed one, or a fork of another run's checkpoint."""
+    check_run_dir(run_dir, resume)
+    if resume:
+        return resumed_config(run_dir, world, resume_epochs, resume_minutes, log)
+    if fork_args is not None and fork_args.fork:
+        return forked_config(Path(fork_args.fork), fork_args, world, log)
+    return config, None
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, trainer: Trainer, resumed: bool, world: World,
+                    forked_from: dict | None = None) -> None:
+    """Rank 0: folders; a fresh run writes options.json (a fork: with where it came from) and the real
+    faces' grid, a resumed one drops the log records of the epochs it is about to redo."""
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if resumed:
@@ -476,7 +540,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, trainer: Trainer, resume
             trim_jsonl(run_dir / name, trainer.epoch)
         record_resume(run_dir, config, trainer, world)
     else:
-        options = {**dataclasses.asdict(config), "run": run_info(config, trainer.device, world)}
+        options = {**dataclasses.asdict(config), "run": {**run_info(config, trainer.device, world),
+                                                         **({"forked_from": forked_from} if forked_from else {})}}
         write_lines(run_dir / "options.json", [json.dumps(options, indent=2)])
         reals = trainer.pixels[: config.sample_seeds].cpu().permute(0, 2, 3, 1).numpy()
         save_png(run_dir / "samples" / "reals.png", image_grid(reals))
@@ -510,7 +575,7 @@ def train_epoch(trainer: Trainer, steps_per_epoch: int, world: World) -> tuple[d
                 counts[name] = counts.get(name, 0) + 1
             progress.update(batch)
             if world.main and (step % 10 == 9 or step == steps_per_epoch - 1):  # a host sync, so only now and then
-                progress.set_postfix(D=f"{losses['loss_D'].item():.3f}", G=f"{losses['loss_G'].item():.3f}")
+                progress.set_postfix({name: f"{losses[key].item():.3f}" for name, key in (("D", "loss_D"), ("G", "loss_G")) if key in losses})
     means = {name: total / counts[name] for name, total in totals.items()}
     means["seconds"] = torch.tensor(time.perf_counter() - start, device=trainer.device)
     means = all_mean(world, means)  # over the ranks: every rank sees the same time budget spent
@@ -551,19 +616,16 @@ def record_epoch(trainer: Trainer, run_dir: Path, means: dict[str, float], secon
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epochs: int | None = None,
-          world: World | None = None, resume_minutes: float | None = None) -> Trainer:
+          world: World | None = None, resume_minutes: float | None = None, fork_args=None) -> Trainer:
     """Train a new run in run_dir, or with resume=True continue the run there with its saved
-    options (to its own epoch count, or to `resume_epochs` when given). Under torchrun every
-    process calls this; rank 0 alone writes into run_dir (which other nodes must see: every rank
-    reads the checkpoint it resumes from)."""
+    options (to its own epoch count, or to `resume_epochs` when given), or with `fork_args.fork`
+    start a new run from another run's checkpoint. Under torchrun every process calls this; rank 0
+    alone writes into run_dir (which other nodes must see: every rank reads the checkpoint it starts from)."""
     world = world or world_from_environment()
     device = pick_device(config.device, world.local_rank if world.distributed else None)
     init_process_group(world, device.type)
     log = print if world.main else (lambda *args, **kwargs: None)
-    check_run_dir(run_dir, resume)
-    state = None
-    if resume:
-        config, state = resumed_config(run_dir, world, resume_epochs, resume_minutes, log)
+    config, state = starting_point(config, run_dir, resume, resume_epochs, resume_minutes, fork_args, world, log)
     check_batch_split(config.batch_size, world)
     # The run's own thread count (it changes float sums), shared by the processes on this machine.
     torch.set_num_threads(config.threads or max(1, free_cores() // world.local_size))
@@ -573,11 +635,12 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, resume_epoch
     trainer = Trainer(config, images.pixels, blurred, device, world)
     if state is not None:
         trainer.load_state_dict(state)
-        log(f"resumed {run_dir} at epoch {trainer.epoch} (step {trainer.step_count})")
+        log(f"{'resumed' if resume else 'forked'} {run_dir if resume else state['forked_from']['checkpoint']} at epoch {trainer.epoch} "
+            f"(step {trainer.step_count})")
     board = None
     if world.main:
-        prepare_run_dir(run_dir, config, trainer, state is not None, world)
-        board = TrainingBoard(run_dir, resume_step=trainer.step_count if state is not None else None) if config.tensorboard else None
+        prepare_run_dir(run_dir, config, trainer, resume, world, forked_from=None if resume or state is None else state["forked_from"])
+        board = TrainingBoard(run_dir, resume_step=trainer.step_count if resume else None) if config.tensorboard else None
 
     batch = config.batch_size
     steps_per_epoch = len(images.pixels) // batch
@@ -621,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
     init_process_group(world, pick_device(config.device, world.local_rank if world.distributed else None).type)  # its errors name the rank: every rank prints
     run_dir = Path(args.out) if args.out else Path(broadcast_object(world, str(default_run_dir(config))))  # rank 0's clock
     try:
-        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world, resume_minutes=args.minutes)
+        train(config, run_dir, resume=args.resume, resume_epochs=args.epochs, world=world, resume_minutes=args.minutes, fork_args=args)
     except (CheckpointError, FileNotFoundError, ValueError) as error:  # bad data or options: one line
         if not world.main:
             leave_quietly(world)  # the same line, printed once by rank 0

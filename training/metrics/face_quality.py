@@ -71,7 +71,7 @@ HEADLINE_METRIC = "swd"
 EVALUATION_FORMAT = "bamsgan-evaluation"  # the "format" of clients/evaluate.py's JSON (export/release.py reads it)
 CACHE_FORMAT = 2  # bump when a cached real statistic changes meaning
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # training/metrics/face_quality.py -> the repository
 DETECTOR_NAME = "lbpcascade_animeface.xml"
 DETECTOR_ENV = "BAMSGAN_DETECTOR"
 DETECTOR_DEFAULTS = (REPO_ROOT / "data" / DETECTOR_NAME, REPO_ROOT.parent / "shared" / "models" / DETECTOR_NAME)

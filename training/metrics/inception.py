@@ -26,7 +26,7 @@ backends below; every backend receives the same preprocessed batches.
 - "onnxruntime" (default): the TorchScript graph exported once to ONNX (cached beside the real
   statistics, keyed by the weights' digest; checked against TorchScript on the probe image) and run
   by ONNX Runtime, which fuses the graph and picks AVX-512/AVX2 kernels itself. 2.3-2.7x the
-  TorchScript module run eagerly, on 2 cores here (`python -m training.metrics.inception --bench`; README).
+  TorchScript module run eagerly, on 2 cores here (`python -m training.metrics.inception --bench`; docs/evaluation.md).
 - "torch": the TorchScript module, eager, channels-last input.
 - "torch-bf16": the same under CPU autocast to bfloat16. Only where the CPU has native bf16
   (/proc/cpuinfo flags avx512_bf16 or amx_bf16; detected, never assumed): elsewhere bf16 is emulated

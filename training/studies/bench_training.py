@@ -3,6 +3,7 @@
     python -m training.studies.bench_training [--preset cpu|paper] [--batch-size 64] [--steps 10] [--impls sdpa,reference]
     python -m training.studies.bench_training --processes 1,2 [--preset cpu] [--batch-size 64] [--steps 10]
     python -m training.studies.bench_training --variants eager,channels-last,compile,compile+channels-last [--threads 1,2]
+    python -m training.studies.bench_training --variants channels-last,channels-last+bf16,channels-last+g_attention=16 --threads 2,1
 
 Each implementation runs the full training step (G forward, one D call over real + fake + blur
 + memory, G step, EMA) on random uint8 images in a child process of its own, so peak memory is
@@ -10,9 +11,11 @@ that implementation's alone: CUDA's max_memory_allocated on a GPU, the process's
 Prints a table with images/s (the mean of 3 timed windows, and their spread) and the ratio to the
 reference (bmm + softmax) attention.
 
-With --variants, each runtime variant (a "+"-joined set of eager, channels-last, compile) runs the
-same step with the default attention, at each --threads count: the choice of the CPU preset's
-runtime defaults (channels_last, compile, threads) rests on this table.
+With --variants, each variant (a "+"-joined set of eager, channels-last, compile, bf16 — autocast
+on CUDA or on a CPU with native bf16 — and FIELD=VALUE for any training config field, e.g.
+batch_size=64, channels=32, g_attention=16) runs the same step at each --threads count: the choice
+of the CPU preset's runtime defaults (channels_last, compile, threads, cpu_amp, batch size) rests on
+this table (docs/results.md, "Training throughput per CPU").
 
 With --processes, each count N trains the same global batch with N data-parallel processes
 (`python -m training.distributed --standalone --nproc-per-node N -m training.train --bench STEPS`),
@@ -139,7 +142,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", default="0", help="CPU threads (0 = the free cores); with --variants a comma-separated list")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--variants", help="comma-separated runtime variants, e.g. eager,channels-last,compile+channels-last")
+    parser.add_argument("--variants", help="comma-separated variants, e.g. eager,channels-last+bf16,channels-last+batch_size=64")
     parser.add_argument("--processes", help="comma-separated process counts to compare (data-parallel, torchrun), e.g. 1,2")
     args = parser.parse_args()
     try:
