@@ -63,7 +63,7 @@ GPU_CHECK_ARGS ?=
 
 VERSION ?= $(shell ls -d $(MODEL_REPOSITORY)/bamsgan/[0-9]* 2>/dev/null | xargs -rn1 basename | sort -n | tail -1)
 
-.PHONY: setup setup-gpu train export serve ensemble generate ui bench perf-analyzer tune-serving demo test data bench-attention bench-training bench-export gpu-check soak evaluate ablation tensorboard clean-venv
+.PHONY: setup setup-gpu setup-peers train export serve ensemble generate ui bench perf-analyzer tune-serving demo test data bench-attention bench-training bench-export gpu-check soak evaluate ablation tensorboard clean-venv
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): requirements.txt requirements-nodeps.txt
@@ -74,6 +74,10 @@ $(SETUP_STAMP): requirements.txt requirements-nodeps.txt
 	@# After `make setup-gpu`, keep onnxruntime-gpu: the CPU onnxruntime package clashes with it.
 	if [ -f $(VENV)/.gpu ]; then $(PY) -m pip uninstall -y onnxruntime && $(PY) -m pip install --force-reinstall -r requirements-gpu.txt; fi
 	touch $@
+
+setup-peers:  ## GPU peers (lightweight-gan, stylegan2-pytorch) in a venv of their own, for gpu-check's peers part
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -r requirements-peers.txt
 
 setup-gpu: setup  ## extras for a CUDA host: onnxruntime-gpu (replaces onnxruntime), tensorrt
 	$(PY) -m pip uninstall -y onnxruntime

@@ -5,6 +5,7 @@
         --floor-real ../shared/data/anime-faces-64/shard-006.tar --count 5000
     python -m clients.evaluate --version model_repository/bamsgan/3 --real ...
     python -m clients.evaluate --url localhost:8001 --real ...
+    python -m clients.evaluate --images out/peers/lightweight-gan/faces --real ...   # another program's faces
     python -m clients.evaluate            # no source: the newest run under runs/, else the released generator
 
 Evaluation spans checkpoints, exported versions and live servers, so it sits with the clients, on top
@@ -130,6 +131,22 @@ def faces_from_server(url: str, count: int, model: str, timeout: float, progress
     return faces, {"kind": "server", "url": url, "model": model}, None
 
 
+def faces_from_images(folder: Path, count: int, progress: bool):
+    """The first `count` images of a folder another program wrote (a peer GAN's samples), at 64x64."""
+    from training.data.dataset import load_images
+
+    if not folder.is_dir():
+        raise EvaluationError(f"no folder of images at {folder}")
+    try:
+        images = load_images(str(folder), max_images=count, progress=progress)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    if len(images.pixels) < count:
+        raise EvaluationError(f"{folder} holds {len(images.pixels)} readable images; --count asks for {count}")
+    faces = np.ascontiguousarray(images.pixels.permute(0, 2, 3, 1).numpy())
+    return faces, {"kind": "images", "path": str(folder.resolve()), "skipped_files": images.skipped}, None
+
+
 def generated_faces(args: argparse.Namespace):
     if args.run:
         return faces_from_run(Path(args.run), args.count, args.batch_size, args.device, args.progress, args.weights)
@@ -137,6 +154,8 @@ def generated_faces(args: argparse.Namespace):
         return faces_from_checkpoint(Path(args.checkpoint), args.count, args.batch_size, args.device, args.progress, args.weights)
     if args.version:
         return faces_from_version(Path(args.version), args.count, args.batch_size, args.progress)
+    if args.images:
+        return faces_from_images(Path(args.images), args.count, args.progress)
     return faces_from_server(args.url, args.count, args.model, args.timeout, args.progress)
 
 
@@ -272,7 +291,7 @@ def picture_path(out: Path) -> Path:
     return out.with_name(out.stem + "-memorisation.png")
 
 
-SOURCES = ("run", "checkpoint", "version", "url")
+SOURCES = ("run", "checkpoint", "version", "url", "images")
 
 
 def newest_run(runs: Path = Path("runs")) -> Path | None:
@@ -305,8 +324,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise EvaluationError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(CLI_METRICS)}")
     if args.run is not None and not args.run.strip():  # make evaluate with no runs/ yet
         raise EvaluationError("no run directory given (runs/ has none yet: train one first, or pass --checkpoint)")
-    if args.url and args.real is None:
-        raise EvaluationError("a served model does not say what it trained on: give the real faces with --real SPEC")
+    if (args.url or args.images) and args.real is None:
+        raise EvaluationError("a served model or a folder of images does not say what it trained on: give the real faces with --real SPEC")
     if args.count < 2 or args.batch_size < 1:
         raise EvaluationError(f"--count must be at least 2 and --batch-size at least 1, got {args.count} and {args.batch_size}")
     if {*INCEPTION_METRICS, "memorisation"} & set(names) and args.count < MIN_FID_COUNT:
@@ -403,6 +422,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --run/--checkpoint: the EMA generator (default, what export serves) or the live G")
     source.add_argument("--version", help="exported model version directory (model_repository/bamsgan/N; a model folder: its newest)")
     source.add_argument("--url", help="live Triton server HOST:PORT (gRPC)")
+    source.add_argument("--images", help="a folder of generated images another program wrote (e.g. a peer GAN's samples; "
+                                         "the first --count in sorted order, resized to 64x64; give --real)")
     parser.add_argument("--real", help="real faces: a folder, .tar, glob of shards, or 'synthetic' (default: the model's training data)")
     parser.add_argument("--real-count", type=int, default=None, help="real faces in the reference (default: --count; at least --count)")
     parser.add_argument("--real-seed", type=int, default=None, help="seed of synthetic real faces (default: a held-out one)")

@@ -1,7 +1,7 @@
 """GPU readiness in one command (make gpu-check): every GPU path of train -> export -> serve, checked
 and timed within minutes, in one JSON report and one table.
 
-    python -m clients.gpu_check [--parts kernel,attention,training,generator,serving] [--budget 480]
+    python -m clients.gpu_check [--parts kernel,attention,training,generator,serving[,peers]] [--budget 480]
                                 [--out out/gpu-check-<time>] [--repository model_repository] [--ckpt FILE]
 
 Parts, in this order; each is a function that returns a record with "status" ok | failed | skipped
@@ -24,6 +24,11 @@ Parts, in this order; each is a function that returns a record with "status" ok 
               version in --repository (else a fresh random-weights export, with TensorRT when it is
               installed) on its GPU instance: served faces/s and served/raw from
               `python -m clients.benchmark --compare-raw`, and the engine the Python backend chose.
+
+6. peers      only when named in --parts (it trains for minutes: give it --budget 1200 or more):
+              this trainer, lightweight-gan and stylegan2-pytorch on the same faces for a third
+              each of the part's share, then FID/KID/precision/recall of each (clients/gpu_peers.py;
+              the peers come from requirements-peers.txt, installed on the GPU box only).
 
 Budget: --budget seconds for the whole run (default 480: 8 minutes; --quick: 240 s and fewer
 timed runs). Each part gets the time left in proportion to its cap (PART_CAPS) among the parts
@@ -55,11 +60,14 @@ import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("kernel", "attention", "training", "generator", "serving")
+PARTS = ("kernel", "attention", "training", "generator", "serving")  # the default run
+OPTIONAL_PARTS = ("peers",)  # only when named in --parts: minutes of GPU training (clients/gpu_peers.py)
+ALL_PARTS = PARTS + OPTIONAL_PARTS
 # Seconds each part may take within the default 480 s budget (scaled with --budget), and the least
 # it needs to start at all.
-PART_CAPS = {"kernel": 110, "attention": 50, "training": 150, "generator": 110, "serving": 60}
-PART_MINIMUM = {"kernel": 20, "attention": 10, "training": 40, "generator": 20, "serving": 30}
+PART_CAPS = {"kernel": 110, "attention": 50, "training": 150, "generator": 110, "serving": 60, "peers": 1800}
+PART_MINIMUM = {"kernel": 20, "attention": 10, "training": 40, "generator": 20, "serving": 30, "peers": 420}
+PEERS_SCORING_SECONDS = 240  # of the peers part's share, kept for generating and scoring after the three trainings
 # Defaults of the flags that --quick lowers (an explicit flag wins over both).
 DEFAULTS = {"budget": 480, "repeats": 10, "train_steps": 20, "seconds": 0.5, "windows": 5, "serve_window": 1.5}
 QUICK = {"budget": 240, "repeats": 5, "train_steps": 10, "seconds": 0.3, "windows": 3, "serve_window": 1.0}
@@ -463,8 +471,29 @@ def served_engine(log_text: str) -> str | None:
 # Report
 
 
+# ---------------------------------------------------------------------------------------------
+# 6. GPU peers (optional)
+
+
+def part_peers(args, deadline: float) -> dict:
+    """This trainer, lightweight-gan and stylegan2-pytorch for a third each of the part's share, then FID."""
+    from clients import gpu_peers
+
+    reason = gpu_peers.NO_CUDA if args.device != "cuda" else gpu_peers.missing_reason()
+    if reason is not None:
+        return skipped(reason)
+    minutes = (deadline - time.monotonic() - PEERS_SCORING_SECONDS) / 3 / 60
+    peer_args = gpu_peers.parse_args(["--minutes", f"{minutes:.2f}", "--count", str(args.peer_count), "--out", str(args.out / "peers")])
+    results = gpu_peers.compare(peer_args)
+    record = {"status": "failed" if any("error" in r for r in results.values()) else "ok", "minutes": round(minutes, 2),
+              "fid": {name: ((r.get("evaluation") or {}).get("metrics", {}).get("fid") or {}).get("value") for name, r in results.items()},
+              "table": gpu_peers.table(results, minutes, args.peer_count), "report": "peers/"}
+    errors = [f"{name}: {r['error']}" for name, r in results.items() if "error" in r]
+    return record | ({"reason": "; ".join(errors)} if errors else {})
+
+
 PART_FUNCTIONS = {"kernel": part_kernel, "attention": part_attention, "training": part_training,
-                  "generator": part_generator, "serving": part_serving}
+                  "generator": part_generator, "serving": part_serving, "peers": part_peers}
 
 
 def run_parts(args, clock: Clock) -> dict[str, dict]:
@@ -510,6 +539,9 @@ def headline(part: str, record: dict) -> str:
         if rates:
             best = max(rates, key=rates.get)
             return f"best at B={biggest}: {best} {rates[best]:,.0f} faces/s; {len(rates)}/{len(record['engines'])} engines ran"
+    if part == "peers" and record.get("fid"):
+        return f"FID at {record['minutes']:g} GPU minutes each: " + ", ".join(
+            f"{name} {'n/a' if fid is None else f'{fid:.1f}'}" for name, fid in record["fid"].items())
     if part == "serving" and record.get("served_vs_raw"):
         ratios = ", ".join(f"B={r['batch_size']} {r['served_images_per_s']:,.0f} faces/s ({r['ratio']:.2f} of raw)"
                            for r in record["served_vs_raw"])
@@ -565,15 +597,18 @@ def int_list(text: str) -> list[int]:
 
 def part_list(text: str) -> list[str]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in ALL_PARTS]
     if unknown or not parts:
-        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown or text!r}; choose among {', '.join(PARTS)}")
-    return [p for p in PARTS if p in parts]  # the report's order, whatever the flag's
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown or text!r}; choose among {', '.join(ALL_PARTS)}")
+    return [p for p in ALL_PARTS if p in parts]  # the report's order, whatever the flag's
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", type=part_list, default=list(PARTS), help=f"comma-separated among {', '.join(PARTS)} (default all)")
+    parser.add_argument("--parts", type=part_list, default=list(PARTS),
+                        help=f"comma-separated among {', '.join(ALL_PARTS)} (default {','.join(PARTS)}; peers trains for minutes: "
+                             "give it a --budget of 1,200 s or more)")
+    parser.add_argument("--peer-count", type=int, default=5000, help="peers: faces per generator scored (default %(default)s)")
     parser.add_argument("--budget", type=float, default=None, help=f"seconds for the whole run (default {DEFAULTS['budget']})")
     parser.add_argument("--quick", action="store_true",
                         help="half the budget and fewer timed runs: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
@@ -636,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"tool": "clients.gpu_check", "format_version": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "seconds": round(args.budget - clock.left(), 1), "settings": settings, "host": host,
               "parts": {**{p: skipped("not asked for (--parts)") | {"seconds": 0.0} for p in PARTS if p not in parts}, **parts}}
-    report["parts"] = {p: report["parts"][p] for p in PARTS}
+    report["parts"] = {p: report["parts"][p] for p in ALL_PARTS if p in report["parts"]}
     table = format_report(report)
     write_atomic(args.out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_atomic(args.out / "report.txt", table + "\n")

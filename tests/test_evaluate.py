@@ -237,3 +237,21 @@ def test_command_line_exit_code_and_single_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no checkpoint at {tmp_path / 'missing.pt'}"]
+
+
+def test_a_folder_of_another_programs_images_is_a_source(tmp_path, capsys):
+    """--images: faces a peer GAN wrote as files (any size: resized to 64x64), scored like any source."""
+    from PIL import Image
+
+    from training.data.synthetic import synthetic_faces
+
+    folder = tmp_path / "peer-faces"
+    folder.mkdir()
+    for index, face in enumerate(synthetic_faces(COUNT, seed=5, progress=False)):
+        Image.fromarray(face).resize((128, 128)).save(folder / f"{index:04d}.jpg", quality=90)
+    result = evaluation(["--images", folder], tmp_path, capsys, "images")
+    assert result["source"]["kind"] == "images" and result["n"] == COUNT
+    bad_input(["--images", folder, "--real", "synthetic", "-n", str(COUNT + 1), "--metrics", "sharpness", "--out", tmp_path / "x.json"],
+              capsys, f"holds {COUNT} readable images")
+    bad_input(["--images", folder, "-n", str(COUNT), "--metrics", "sharpness", "--out", tmp_path / "x.json"], capsys, "give the real faces")
+    bad_input(["--images", tmp_path / "nowhere", *FAST, "--out", tmp_path / "x.json"], capsys, "no folder of images")

@@ -263,3 +263,46 @@ def test_serving_part_serves_a_fresh_export(tmp_path):
     (ratio,) = record["served_vs_raw"]
     assert ratio["batch_size"] == 4 and ratio["served_images_per_s"] > 0 and ratio["raw_images_per_s"] > 0
     assert record["errors"] == 0
+
+
+# ---------------------------------------------------------------- GPU peers (optional part)
+
+
+def test_peers_are_optional_and_skipped_without_cuda_in_one_line(tmp_path, capsys):
+    assert "peers" not in gpu_check.parse_args([]).parts
+    assert gpu_check.parse_args(["--parts", "peers,kernel"]).parts == ["kernel", "peers"]
+    assert gpu_check.main(TINY + ["--parts", "peers", "--out", str(tmp_path / "r"), "--budget", "1200"]) == 0
+    record = json.loads((tmp_path / "r" / "report.json").read_text())["parts"]["peers"]
+    assert record["status"] == "skipped" and "refuse to run without CUDA" in record["reason"]
+    assert "peers" in capsys.readouterr().out
+
+
+@needs_no_gpu
+def test_gpu_peers_command_refuses_without_cuda_in_one_line(tmp_path):
+    from clients import gpu_peers
+
+    result = subprocess.run([sys.executable, "-m", "clients.gpu_peers", "--minutes", "1", "--out", str(tmp_path / "peers")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == f"gpu-peers: {gpu_peers.NO_CUDA}"
+    assert not (tmp_path / "peers").exists()
+
+
+def test_peer_sample_grids_are_cut_into_their_faces(tmp_path):
+    """stylegan2-pytorch's 8x8 grids (torchvision's layout: 2 px padding) back into 64 faces each."""
+    from PIL import Image
+
+    from clients.gpu_peers import GRID_PADDING, GRID_TILES, PeersError, cut_grids
+
+    faces = np.random.default_rng(0).integers(0, 256, (GRID_TILES**2, 64, 64, 3), dtype=np.uint8)
+    side = GRID_TILES * (64 + GRID_PADDING) + GRID_PADDING
+    grid = np.zeros((side, side, 3), np.uint8)
+    for index, face in enumerate(faces):
+        y, x = GRID_PADDING + (index // GRID_TILES) * (64 + GRID_PADDING), GRID_PADDING + (index % GRID_TILES) * (64 + GRID_PADDING)
+        grid[y : y + 64, x : x + 64] = face
+    Image.fromarray(grid).save(tmp_path / "0-ema.png")
+    cut = cut_grids([tmp_path / "0-ema.png"], tmp_path / "faces")
+    assert len(cut) == GRID_TILES**2
+    assert all(np.array_equal(np.asarray(Image.open(path)), face) for path, face in zip(cut, faces))
+    Image.fromarray(grid[:100]).save(tmp_path / "odd-ema.png")
+    with pytest.raises(PeersError, match="not a 8x8 grid"):
+        cut_grids([tmp_path / "odd-ema.png"], tmp_path / "faces")

@@ -25,7 +25,7 @@ def tag_for(name: str) -> str:
         return "Loss/" + name.removeprefix("loss_")
     if name.startswith("D_"):
         return "D_logit/" + name.removeprefix("D_")
-    if name in ("images_per_s", "seconds", "peak_memory_mib"):
+    if name in ("images_per_s", "seconds", "cpu_seconds", "peak_memory_mib"):
         return "Speed/" + name
     return "Run/" + name
 

@@ -560,12 +560,13 @@ def record_resume(run_dir: Path, config: TrainConfig, trainer: Trainer, world: W
 
 
 def train_epoch(trainer: Trainer, steps_per_epoch: int, world: World) -> tuple[dict[str, float], float]:
-    """One epoch of steps: (each step output's mean over the epoch and the ranks, wall seconds)."""
+    """One epoch of steps: (each step output's mean over the epoch and the ranks, plus "cpu_seconds": the
+    CPU time of all the processes, which a busy machine does not inflate as it does the wall seconds; wall seconds)."""
     config, batch = trainer.config, trainer.config.batch_size
     order = trainer.epoch_order(trainer.epoch)
     totals: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
     counts: dict[str, int] = {}  # steps each entry was present in (memory joins mid-run)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with tqdm(total=steps_per_epoch * batch, desc=f"epoch {trainer.epoch + 1}/{config.epochs}", unit="img", unit_scale=True,
               dynamic_ncols=True, disable=None if world.main else True) as progress:
         for step in range(steps_per_epoch):
@@ -578,6 +579,7 @@ def train_epoch(trainer: Trainer, steps_per_epoch: int, world: World) -> tuple[d
                 progress.set_postfix({name: f"{losses[key].item():.3f}" for name, key in (("D", "loss_D"), ("G", "loss_G")) if key in losses})
     means = {name: total / counts[name] for name, total in totals.items()}
     means["seconds"] = torch.tensor(time.perf_counter() - start, device=trainer.device)
+    means["cpu_seconds"] = torch.tensor((time.process_time() - cpu_start) * world.size, device=trainer.device)  # mean x N = sum
     means = all_mean(world, means)  # over the ranks: every rank sees the same time budget spent
     seconds = float(means.pop("seconds"))
     return {name: float(mean) for name, mean in means.items()}, seconds
@@ -599,10 +601,11 @@ def record_epoch(trainer: Trainer, run_dir: Path, means: dict[str, float], secon
     append_jsonl(run_dir / "stats.jsonl", stats)
     results, headline = None, ""
     if face_metrics is not None and evaluate_now(config, trainer.epoch, last=trainer.finished()):
+        started = time.perf_counter()
         results = face_metrics(trainer.G_ema, trainer.device)
         append_jsonl(run_dir / "metrics.jsonl", {
             "epoch": trainer.epoch, "step": trainer.step_count, "kimg": round(trainer.step_count * batch / 1000, 3),
-            "n": config.metrics_count, "metrics": results})
+            "n": config.metrics_count, "seconds": round(time.perf_counter() - started, 1), "metrics": results})
         headline = face_metrics.headline(results)
     grid = trainer.sample_grid(config.sample_seeds)
     save_png(run_dir / "samples" / f"epoch-{trainer.epoch:04d}.png", grid)
