@@ -331,8 +331,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
     if {*INCEPTION_METRICS, "memorisation"} & set(names) and args.count < MIN_FID_COUNT:
         raise EvaluationError(f"--count {args.count} is too few faces for FID, KID, precision/recall or memorisation (at least {MIN_FID_COUNT}; "
                               "500-2,000 is common practice); or leave them out of --metrics")
-    if args.real_count is not None and args.real_count < args.count:
-        raise EvaluationError(f"--real-count {args.real_count} is smaller than --count {args.count}: the reference needs at least N real faces")
+    if args.real_count is not None and {*INCEPTION_METRICS, "memorisation"} & set(names) and args.real_count < MIN_FID_COUNT:
+        raise EvaluationError(f"--real-count {args.real_count} is too few real faces for FID, KID, precision/recall or memorisation "
+                              f"(at least {MIN_FID_COUNT})")
     if args.device != "cpu":
         import torch
 
@@ -425,7 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--images", help="a folder of generated images another program wrote (e.g. a peer GAN's samples; "
                                          "the first --count in sorted order, resized to 64x64; give --real)")
     parser.add_argument("--real", help="real faces: a folder, .tar, glob of shards, or 'synthetic' (default: the model's training data)")
-    parser.add_argument("--real-count", type=int, default=None, help="real faces in the reference (default: --count; at least --count)")
+    parser.add_argument("--real-count", type=int, default=None,
+                        help="real faces in the reference (default: --count; fewer is allowed, e.g. 10,000 generated against all "
+                             "6,522 held-out faces; the floor then draws --count real faces against the same reference)")
     parser.add_argument("--real-seed", type=int, default=None, help="seed of synthetic real faces (default: a held-out one)")
     parser.add_argument("--floor-real", default=None, help="N more real faces, disjoint from --real, for the real-vs-real floor "
                                                            "(default: the N faces of --real after the reference)")

