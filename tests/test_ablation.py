@@ -263,6 +263,30 @@ def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp
     assert not (tmp_path / "out").exists()  # nothing written when the inputs are refused
 
 
+def test_seed_study_compares_the_cpu_precision_runs_trained_in_not_its_spelling(study, tmp_path):
+    # Runs saved before the cpu_amp field trained in fp32: a study given --no-cpu-amp today joins their
+    # seeds, and one given nothing (bf16 where the CPU has it) is refused.
+    from training.studies import seed_study
+
+    def copy(name, seed, train_args=None, before_the_field=False):
+        out = tmp_path / name
+        shutil.copytree(study, out)
+        options = json.loads((out / "study.json").read_text())
+        (out / "study.json").write_text(json.dumps({**options, "seed": seed, "train_args": train_args or options["train_args"]}))
+        for path in out.glob("*/options.json") if before_the_field else ():
+            path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "cpu_amp"}))
+        return out
+
+    options = json.loads((study / "study.json").read_text())
+    older = copy("older", 7, before_the_field=True)
+    fp32 = copy("fp32", 8, train_args=[*options["train_args"], "--no-cpu-amp"])
+    assert seed_study.load_study(older)["options"]["cpu_amp"] is False and seed_study.load_study(study)["options"]["cpu_amp"] is True
+    seed_study.main([str(older), str(fp32), "--out", str(tmp_path / "joined")])
+    assert (tmp_path / "joined" / "seeds.md").is_file()
+    with pytest.raises(SystemExit, match="in more than the seed: cpu_amp"):
+        seed_study.main([str(study), str(older), "--out", str(tmp_path / "out")])
+
+
 def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
     from training.studies.seed_study import verdict
 
@@ -322,3 +346,18 @@ def test_a_study_ended_by_its_time_budget_says_so_not_unfinished(cache, tmp_path
     assert all(max(read_jsonl(out / variant / "stats.jsonl")) == 1 for variant in VARIANTS)
     assert "**Ended by the time budget**" in report and "bamsgan after 1 epochs" in report
     assert "Unfinished" not in report
+
+
+def test_a_late_training_study_forks_one_checkpoint_into_each_variant(study, cache, tmp_path):
+    # The paper's claim is about late training: fork a trained run and switch only the variant.
+    parent = study / "bamsgan" / LATEST
+    out = tmp_path / "late"
+    main(["--out", str(out), "--epochs", "3", "--variants", "bamsgan,sagan,memory-only", "--metrics-every", "1",
+          "--metrics-last", "1", "--metrics-count", "16", "--grid-seeds", "3", "--seed", "1", "--fork", str(parent), *TINY])
+    for variant, switches in (("bamsgan", (True, True)), ("sagan", (False, False)), ("memory-only", (False, True))):
+        options = json.loads((out / variant / "options.json").read_text())
+        assert (options["blur"], options["memory"]) == switches and options["seed"] == 1
+        assert options["run"]["forked_from"]["epoch"] == 2
+        assert sorted(read_jsonl(out / variant / "stats.jsonl")) == [3]  # only what followed the fork
+        assert sorted(read_jsonl(out / variant / "metrics.jsonl")) == [3]
+    assert "| sagan |" in (out / "ablation.md").read_text()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
-from training.config import PRESETS, TrainConfig, parse_args
+from training.config import PAPER_ABLATIONS, PRESETS, TrainConfig, fork_config, parse_args
 from training.constants import Z_DIM
 from training.data.images import image_grid, to_uint8_nhwc
 from training.latents import seeds_to_latents
@@ -310,6 +310,26 @@ def test_a_fork_switches_blur_and_memory_on_and_fills_the_memory_before_replayin
     assert stats[0]["memory_images"] > 0
     seeds = [flat(load_checkpoint(tmp_path / f"bamsgan-{seed}" / LATEST)["G"]) for seed in (0, 1)]
     assert not torch.equal(seeds[0], seeds[1])  # --seed reseeds what follows the fork
+
+
+@pytest.mark.parametrize("variant", ["bamsgan", "sagan", "blur-only", "memory-only"])
+def test_a_fork_switches_to_what_the_variant_names_and_keeps_its_own_clock(variant):
+    # The late-training study forks one SAGAN checkpoint into each paper variant: "bamsgan" must switch
+    # blur and memory on, not keep the parent's; the parent's time budget is not the fork's.
+    parent = TrainConfig(blur=False, memory=False, minutes=200.0)
+    _, args = parse_args(["--fork", "parent.pt", "--ablation", variant, "--epochs", "45"])
+    config, notes = fork_config(parent, args, fork_epoch=40)
+    assert (config.blur, config.memory) == ("blur" in variant or variant == "bamsgan", "memory" in variant or variant == "bamsgan")
+    assert config.minutes is None and config.epochs == 45
+    _, args = parse_args(["--fork", "parent.pt", "--ablation", variant, "--minutes", "30"])
+    assert fork_config(parent, args, fork_epoch=40)[0].minutes == 30.0
+    assert set(PAPER_ABLATIONS[variant]) == {"blur", "memory"}
+
+
+def test_a_fork_cannot_become_a_dcgan():
+    _, args = parse_args(["--fork", "parent.pt", "--ablation", "dcgan"])
+    with pytest.raises(ValueError, match="cannot change attention"):
+        fork_config(TrainConfig(), args, fork_epoch=40)
 
 
 def flat(state_dict) -> torch.Tensor:

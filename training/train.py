@@ -514,8 +514,9 @@ def forked_config(fork: Path, args, world: World, log) -> tuple[TrainConfig, dic
         state = {**state, "rng": None}
     for note in notes:
         log(note)
-    return config, {**state, "forked_from": {"checkpoint": str(fork), "epoch": int(state["epoch"]), "step": int(state["step"]),
-                                             "notes": notes}}
+    forked_from = {"checkpoint": str(fork), "epoch": int(state["epoch"]), "step": int(state["step"]),
+                   "train_seconds": float(state.get("train_seconds", 0.0)), "notes": notes}
+    return config, {**state, "train_seconds": 0.0, "forked_from": forked_from}  # the fork's clock starts at the fork
 
 
 def starting_point(config: TrainConfig, run_dir: Path, resume: bool, resume_epochs: int | None, resume_minutes: float | None,

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.stats
 
 from training.studies.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
+from training.config import BEFORE_THE_FIELDS, TrainConfig
 from training.metrics.face_quality import METRIC_NAMES
 
 LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
@@ -43,7 +44,7 @@ def load_study(study_dir: Path) -> dict:
     options_path = study_dir / STUDY_FILE
     if not options_path.is_file():
         raise SystemExit(f"error: {study_dir} is not an ablation study (no {STUDY_FILE})")
-    options = json.loads(options_path.read_text())
+    options = with_cpu_precision(study_dir, json.loads(options_path.read_text()))
     runs = collect(study_dir, options)
     variants = {}
     for variant, run in runs.items():
@@ -55,6 +56,23 @@ def load_study(study_dir: Path) -> dict:
                              for epoch, record in run["metrics"].items()}
     return {"dir": str(study_dir), "seed": options["seed"], "options": options, "variants": variants,
             "images_per_s": {variant: run["images_per_s"] for variant, run in runs.items()}}
+
+
+CPU_PRECISION_FLAGS = ("--cpu-amp", "--no-cpu-amp")
+
+
+def with_cpu_precision(study_dir: Path, options: dict) -> dict:
+    """The study's options with its CPU precision resolved (cpu_amp) instead of as spelled in its flags.
+    Runs saved before the cpu_amp field trained in fp32 (training.config.BEFORE_THE_FIELDS), so a study
+    given --no-cpu-amp today repeats them and joins their seeds; one given nothing trains in bf16 and does not."""
+    train_args = options.get("train_args", [])
+    given = [arg for arg in train_args if arg in CPU_PRECISION_FLAGS]
+    run_options = [json.loads(path.read_text()) for path in sorted(study_dir.glob("*/options.json"))]
+    if any("cpu_amp" not in run for run in run_options):
+        cpu_amp = BEFORE_THE_FIELDS["cpu_amp"]
+    else:
+        cpu_amp = given[-1] == "--cpu-amp" if given else TrainConfig().cpu_amp
+    return {**options, "train_args": [arg for arg in train_args if arg not in CPU_PRECISION_FLAGS], "cpu_amp": cpu_amp}
 
 
 def metric_values(entries: dict) -> dict:
