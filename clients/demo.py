@@ -70,7 +70,7 @@ def released_stage(stages: Stages, python: str, run_dir: Path, out: Path, weight
     from export.release import release_summary
     from training.checkpoint import LATEST, load_checkpoint
     from clients.evaluate import faces_from_version
-    from training.data.images import image_grid
+    from training.data.images import image_grid, side_by_side
 
     repository = out / "released_repository"
     stages.run("released", [python, "-m", "export", "--ckpt", str(weights), "--repository", str(repository), "--no-fp16"])
@@ -79,28 +79,6 @@ def released_stage(stages: Stages, python: str, run_dir: Path, out: Path, weight
     panels = [(np.asarray(Image.open(out / "faces.png").convert("RGB")), f"this demo's {demo_epochs}-epoch run"),
               (image_grid(released), f"released generator ({release_summary(load_checkpoint(weights))})")]
     return side_by_side(panels, out / "side_by_side.png")
-
-
-def side_by_side(panels: list[tuple], path: Path) -> Path:
-    """Face grids in a row, each under its label, at 2 screen pixels per image pixel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    height = max(grid.shape[0] for grid, _ in panels)
-    width = sum(grid.shape[1] for grid, _ in panels)
-    figure, axes = plt.subplots(1, len(panels), figsize=(2 * width / 100 + 0.4, 2 * height / 100 + 0.5), dpi=100,
-                                gridspec_kw={"width_ratios": [grid.shape[1] for grid, _ in panels]})
-    for axis, (grid, label) in zip(axes, panels):
-        axis.imshow(grid, interpolation="nearest")
-        axis.set_title(label, fontsize=11)
-        axis.axis("off")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -56,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASED_DIR = REPO_ROOT / "export" / "released"
 WEIGHTS_NAME, SAMPLES_NAME, CARD_NAME = "bamsgan-g-ema.pt", "samples.png", "MODEL_CARD.md"
 MEMORISATION_NAME = "memorisation.png"  # with --eval, when the evaluation drew one: (generated | nearest training face) pairs
+PREVIOUS_NAME = "samples-vs-previous.png"  # a release that replaces another: the previous one's faces beside these, same seeds
 RELEASE_FILES = (SAMPLES_NAME, CARD_NAME, WEIGHTS_NAME)  # renamed into place in this order: the weights last
 RELEASED_WEIGHTS = RELEASED_DIR / WEIGHTS_NAME
 MAX_WEIGHTS_BYTES = 10_000_000  # a file committed to git: channels <= 48 fit (c=48: 9.5 MB; the paper's c=64: 15.4 MB)
@@ -81,9 +82,9 @@ def repo_relative(path: Path) -> str:
     return str(path)
 
 
-def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: str) -> dict:
-    """The checkpoint cut down to what serves faces: REQUIRED_KEYS (G-EMA in fp32), the training time
-    and where it came from."""
+def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: str, evaluation: dict | None = None) -> dict:
+    """The checkpoint cut down to what serves faces: REQUIRED_KEYS (G-EMA in fp32), the training time,
+    where it came from and its FID (so the release that replaces it can say what it replaced)."""
     released = {key: state[key] for key in REQUIRED_KEYS if key != "G_ema"}
     # clone(): a saved view would carry its whole storage; contiguous: channels_last weights load either way
     released["G_ema"] = {key: (value.float() if value.is_floating_point() else value).clone(memory_format=torch.contiguous_format)
@@ -96,8 +97,26 @@ def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: s
         "source_checkpoint": repo_relative(checkpoint),
         "source_sha256": digest,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fid": release_fid(evaluation),
     }
     return released
+
+
+def release_fid(evaluation: dict | None) -> dict | None:
+    """The evaluation's FID with its N and floor, as the release record keeps it; None without one."""
+    fid = ((evaluation or {}).get("metrics") or {}).get("fid") or {}
+    if fid.get("value") is None:
+        return None
+    return {"value": fid["value"], "n_fake": fid.get("n_fake"), "n_real": fid.get("n_real"),
+            "floor": (fid.get("floor") or {}).get("value")}
+
+
+def release_label(state: dict) -> str:
+    """'NAME (40 epochs, anime-faces-64, FID 90.3 at N = 5,000)': a released generator's faces' caption."""
+    record = state.get(RELEASE_KEY) or {}
+    fid = record.get("fid")
+    scored = f", FID {fid['value']:.1f} at N = {fid['n_fake']:,}" if fid and fid.get("n_fake") else ""
+    return f"{record.get('name', '?')} ({release_summary(state)}{scored})"
 
 
 def data_name(data: str | None) -> str:
@@ -376,7 +395,8 @@ def limitations_section(state: dict, memorisation_checked: bool = False) -> list
 
 
 def model_card(state: dict, run: Path, options: dict | None, weights_bytes: int, weights_sha: str,
-               evaluation: dict | None, eval_path: Path | None, records: list[dict], picture: str | None = None) -> str:
+               evaluation: dict | None, eval_path: Path | None, records: list[dict], picture: str | None = None,
+               previous: str | None = None) -> str:
     release = state[RELEASE_KEY]
     lines = [
         f"# BaMSGAN released generator: {release['name']}", "",
@@ -387,6 +407,9 @@ def model_card(state: dict, run: Path, options: dict | None, weights_bytes: int,
         f"`{SAMPLES_NAME}`: seeds 0-{SAMPLE_SEEDS - 1} through `training/latents.py`, the mapping the server uses, "
         f"so `python -m clients.generate --seeds 0-{SAMPLE_SEEDS - 1}` against the published model draws the same faces.", "",
     ]
+    if previous:
+        lines += [f"![The previous release's faces beside these]({PREVIOUS_NAME})", "",
+                  f"`{PREVIOUS_NAME}`: the same seeds through the release this one replaced, {previous}, on the left.", ""]
     lines += model_section(state, weights_bytes, weights_sha)
     lines += data_section(state["config"])
     lines += training_section(state, options, run)
@@ -412,6 +435,31 @@ def run_checkpoint(run: Path, checkpoint: Path | None) -> Path:
     if not Path(checkpoint).resolve().is_relative_to(Path(run).resolve()):
         raise ReleaseError(f"{checkpoint} is not a checkpoint of the run {run}; the card describes the run it comes from")
     return Path(checkpoint)
+
+
+def previous_release(out: Path) -> tuple | None:
+    """The release about to be replaced, as (its samples grid, its label); None when there is none to show."""
+    import numpy as np
+    from PIL import Image
+
+    samples, weights = out / SAMPLES_NAME, out / WEIGHTS_NAME
+    if not (samples.is_file() and weights.is_file()):
+        return None
+    try:
+        return np.asarray(Image.open(samples).convert("RGB")), release_label(load_checkpoint(weights))
+    except (CheckpointError, OSError):  # a damaged release is replaced without a picture of it
+        return None
+
+
+def draw_beside_previous(previous: tuple | None, faces, state: dict, staging: Path) -> str | None:
+    """samples-vs-previous.png in staging: the replaced release's samples beside these (same seeds); its name, or None."""
+    from training.data.images import image_grid, side_by_side
+
+    if previous is None:
+        return None
+    grid, label = previous
+    side_by_side([(grid, f"previous: {label}"), (image_grid(faces), f"this release: {release_label(state)}")], staging / PREVIOUS_NAME)
+    return PREVIOUS_NAME
 
 
 def copy_memorisation_picture(evaluation: dict | None, staging: Path) -> str | None:
@@ -442,7 +490,8 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
     check_architecture(state, checkpoint)
     evaluation = read_evaluation(Path(eval_path), state) if eval_path is not None else None
     options = read_json(Path(run) / "options.json", "the run's options")
-    released = release_state(state, Path(run), checkpoint, digest, name or Path(run).resolve().name)
+    released = release_state(state, Path(run), checkpoint, digest, name or Path(run).resolve().name, evaluation)
+    previous = previous_release(out) if present else None
 
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".release-", dir=out))
@@ -456,13 +505,17 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
         faces = faces_from_generator(generator_from_checkpoint(reloaded), SAMPLE_SEEDS)
         save_png(staging / SAMPLES_NAME, image_grid(faces))
         picture = copy_memorisation_picture(evaluation, staging)
+        beside = draw_beside_previous(previous, faces, reloaded, staging)
         card = model_card(reloaded, Path(run), options, size, sha256_file(weights), evaluation,
-                          None if eval_path is None else Path(eval_path), read_metrics_log(Path(run), state["epoch"]), picture)
+                          None if eval_path is None else Path(eval_path), read_metrics_log(Path(run), state["epoch"]), picture,
+                          beside and previous[1])
         (staging / CARD_NAME).write_text(card + "\n")
-        for file_name in ([picture] if picture else []) + list(RELEASE_FILES):
+        pictures = {MEMORISATION_NAME: picture, PREVIOUS_NAME: beside}
+        for file_name in [written for written in pictures.values() if written] + list(RELEASE_FILES):
             os.replace(staging / file_name, out / file_name)
-        if picture is None:  # an earlier release's picture would describe another model
-            (out / MEMORISATION_NAME).unlink(missing_ok=True)
+        for file_name, written in pictures.items():
+            if not written:  # an earlier release's picture would describe another model
+                (out / file_name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"released {checkpoint} (epoch {state['epoch']}, step {state['step']}) into {out}/: {WEIGHTS_NAME} "

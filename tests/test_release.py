@@ -107,10 +107,16 @@ def test_an_existing_release_is_replaced_only_with_force_and_whole(run, tmp_path
     assert {name: (out / name).read_bytes() for name in before} == before
     monkeypatch.undo()
 
+    assert not (out / release.PREVIOUS_NAME).exists()  # a first release has nothing to stand beside
     assert release.main(["--run", str(run), "--out", str(out), "--force", "--name", "second"]) == 0
     assert "MB (limit 10 MB)" in capsys.readouterr().out
-    assert load_checkpoint(out / WEIGHTS_NAME)["release"]["name"] == "second" and "released generator: second" in (out / CARD_NAME).read_text()
-    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging folder left behind
+    card = (out / CARD_NAME).read_text()
+    assert load_checkpoint(out / WEIGHTS_NAME)["release"]["name"] == "second" and "released generator: second" in card
+    # the replaced release's faces beside the new ones, same seeds: wider than both grids together
+    assert f"![The previous release's faces beside these]({release.PREVIOUS_NAME})" in card and "release this one replaced, first (" in card
+    grid_width = Image.open(out / SAMPLES_NAME).size[0]
+    assert Image.open(out / release.PREVIOUS_NAME).size[0] > 2 * grid_width
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, release.PREVIOUS_NAME])  # no staging folder left behind
 
 
 def evaluate(checkpoint: Path, out: Path) -> Path:
@@ -179,6 +185,10 @@ def test_model_card_shows_fid_with_its_floor_precision_recall_and_the_memorisati
     assert f"![closest (generated, training) pairs]({release.MEMORISATION_NAME})" in card and "Memorisation check" in card
     assert Image.open(out / release.MEMORISATION_NAME).size == Image.open(tmp_path / "eval-fid-memorisation.png").size
     assert "No check for memorised training faces" not in card
+    assert load_checkpoint(out / WEIGHTS_NAME)["release"]["fid"] == {"value": fid["value"], "n_fake": 100, "n_real": 100,
+                                                                      "floor": fid["floor"]["value"]}
+    write_release(run, out, force=True, name="next", log=lambda line: None)  # the next release names this one by its FID
+    assert f"release this one replaced, tiny-run (2 epochs, {release.data_name(DATA)}, FID {fid['value']:.1f} at N = 100), on the left" in (out / CARD_NAME).read_text()
 
 
 def test_an_earlier_checkpoint_is_released_with_its_own_evaluation_only(run, tmp_path):

@@ -58,3 +58,26 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     Image.fromarray(np.ascontiguousarray(image)).save(partial, format="PNG")
     os.replace(partial, path)
     return path
+
+
+def side_by_side(panels: list[tuple[np.ndarray, str]], path: str | os.PathLike) -> Path:
+    """Face grids in a row, each under its label, at 2 screen pixels per image pixel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = max(grid.shape[0] for grid, _ in panels)
+    width = sum(grid.shape[1] for grid, _ in panels)
+    figure, axes = plt.subplots(1, len(panels), figsize=(2 * width / 100 + 0.4, 2 * height / 100 + 0.5), dpi=100,
+                                gridspec_kw={"width_ratios": [grid.shape[1] for grid, _ in panels]})
+    for axis, (grid, label) in zip(axes, panels):
+        axis.imshow(grid, interpolation="nearest")
+        axis.set_title(label, fontsize=11)
+        axis.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
