@@ -64,7 +64,8 @@ CPU_PRECISION_FLAGS = ("--cpu-amp", "--no-cpu-amp")
 def with_cpu_precision(study_dir: Path, options: dict) -> dict:
     """The study's options with its CPU precision resolved (cpu_amp) instead of as spelled in its flags.
     Runs saved before the cpu_amp field trained in fp32 (training.config.BEFORE_THE_FIELDS), so a study
-    given --no-cpu-amp today repeats them and joins their seeds; one given nothing trains in bf16 and does not."""
+    given --no-cpu-amp today repeats them and joins their seeds; one given nothing asks for bf16 (where the CPU
+    has it natively) and does not."""
     train_args = options.get("train_args", [])
     given = [arg for arg in train_args if arg in CPU_PRECISION_FLAGS]
     run_options = [json.loads(path.read_text()) for path in sorted(study_dir.glob("*/options.json"))]
