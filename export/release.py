@@ -451,14 +451,14 @@ def previous_release(out: Path) -> tuple | None:
         return None
 
 
-def draw_beside_previous(previous: tuple | None, faces, state: dict, staging: Path) -> str | None:
-    """samples-vs-previous.png in staging: the replaced release's samples beside these (same seeds); its name, or None."""
-    from training.data.images import image_grid, side_by_side
+def draw_beside_previous(previous: tuple | None, samples, state: dict, staging: Path) -> str | None:
+    """samples-vs-previous.png in staging: the replaced release's samples grid beside this one's (same seeds); its name, or None."""
+    from training.data.images import side_by_side
 
     if previous is None:
         return None
     grid, label = previous
-    side_by_side([(grid, f"previous: {label}"), (image_grid(faces), f"this release: {release_label(state)}")], staging / PREVIOUS_NAME)
+    side_by_side([(grid, f"previous: {label}"), (samples, f"this release: {release_label(state)}")], staging / PREVIOUS_NAME)
     return PREVIOUS_NAME
 
 
@@ -503,9 +503,10 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
                                f"{MAX_WEIGHTS_BYTES / 1e6:.0f} MB a committed release may take; release a narrower model")
         reloaded = load_checkpoint(weights)  # the samples and the card describe the file as written
         faces = faces_from_generator(generator_from_checkpoint(reloaded), SAMPLE_SEEDS)
-        save_png(staging / SAMPLES_NAME, image_grid(faces))
+        samples = image_grid(faces)
+        save_png(staging / SAMPLES_NAME, samples)
         picture = copy_memorisation_picture(evaluation, staging)
-        beside = draw_beside_previous(previous, faces, reloaded, staging)
+        beside = draw_beside_previous(previous, samples, reloaded, staging)
         card = model_card(reloaded, Path(run), options, size, sha256_file(weights), evaluation,
                           None if eval_path is None else Path(eval_path), read_metrics_log(Path(run), state["epoch"]), picture,
                           beside and previous[1])
