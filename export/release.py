@@ -1,6 +1,7 @@
 """The released generator: a small committed file that a fresh clone serves without training.
 
     python -m export.release --run runs/NAME [--checkpoint FILE] [--eval EVAL.json] [--out export/released] [--force]
+    python -m export.release --run RECORDS --eval EVAL.json --card-only [--out export/released]
     python -m export.release --publish-if-empty [--repository model_repository] [--model-name bamsgan]
 
 `--run` writes three files into --out (default export/released/):
@@ -18,6 +19,10 @@
 All three are written into a hidden folder beside them and renamed into place only once all are
 ready, so a failure leaves the previous release as it was; an existing release is replaced only
 with --force.
+
+`--card-only` rebuilds the card of the release in --out around a newer evaluation of its own weights
+(e.g. N = 10,000 where the release was scored at 5,000); the weights and samples stay untouched, and
+RECORDS is the folder holding the run's options.json, stats.jsonl and metrics.jsonl.
 
 `--publish-if-empty` (`make serve` runs it first): when the served model has no version, the released
 weights go through the normal export (export/pipeline.py: ONNX, parity, FP16) and become its
@@ -48,7 +53,7 @@ from export.pipeline import _sha256 as sha256_file  # the one file hash (export 
 from export.pipeline import check_architecture, export_checkpoint, find_checkpoint, read_checkpoint
 from export.repository import RepositoryError, versions
 from training.checkpoint import (
-    RELEASE_KEY, REQUIRED_KEYS, CheckpointError, generator_from_checkpoint, load_checkpoint, save_checkpoint,
+    RELEASE_KEY, REQUIRED_KEYS, CheckpointError, generator_from_checkpoint, is_release, load_checkpoint, save_checkpoint,
 )
 from training.networks.sagan import G_ATTENTION
 
@@ -82,9 +87,11 @@ def repo_relative(path: Path) -> str:
     return str(path)
 
 
-def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: str, evaluation: dict | None = None) -> dict:
+def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: str, evaluation: dict | None = None,
+                  replaced: str | None = None) -> dict:
     """The checkpoint cut down to what serves faces: REQUIRED_KEYS (G-EMA in fp32), the training time,
-    where it came from and its FID (so the release that replaces it can say what it replaced)."""
+    where it came from, its FID (so the release that replaces it can say what it replaced) and the
+    label of the release it replaced (so a rebuilt card still names it)."""
     released = {key: state[key] for key in REQUIRED_KEYS if key != "G_ema"}
     # clone(): a saved view would carry its whole storage; contiguous: channels_last weights load either way
     released["G_ema"] = {key: (value.float() if value.is_floating_point() else value).clone(memory_format=torch.contiguous_format)
@@ -98,6 +105,7 @@ def release_state(state: dict, run: Path, checkpoint: Path, digest: str, name: s
         "source_sha256": digest,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fid": release_fid(evaluation),
+        "replaced": replaced,
     }
     return released
 
@@ -470,7 +478,7 @@ def copy_memorisation_picture(evaluation: dict | None, staging: Path) -> str | N
     source = Path(named)
     if not source.is_file():
         raise ReleaseError(f"the evaluation names the memorisation picture {source}, which is missing; re-run the evaluation "
-                           "from this folder or release without --eval")
+                           "from this folder")
     shutil.copyfile(source, staging / MEMORISATION_NAME)
     return MEMORISATION_NAME
 
@@ -490,8 +498,9 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
     check_architecture(state, checkpoint)
     evaluation = read_evaluation(Path(eval_path), state) if eval_path is not None else None
     options = read_json(Path(run) / "options.json", "the run's options")
-    released = release_state(state, Path(run), checkpoint, digest, name or Path(run).resolve().name, evaluation)
     previous = previous_release(out) if present else None
+    released = release_state(state, Path(run), checkpoint, digest, name or Path(run).resolve().name, evaluation,
+                             previous and previous[1])
 
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".release-", dir=out))
@@ -522,6 +531,67 @@ def write_release(run: Path, out: Path = RELEASED_DIR, eval_path: Path | None = 
     log(f"released {checkpoint} (epoch {state['epoch']}, step {state['step']}) into {out}/: {WEIGHTS_NAME} "
         f"{size / 1e6:.2f} MB (limit {MAX_WEIGHTS_BYTES / 1e6:.0f} MB), {SAMPLES_NAME}, {CARD_NAME}")
     return {file_name: out / file_name for file_name in RELEASE_FILES}
+
+
+def check_run_records(state: dict, run: Path, options: dict | None) -> None:
+    """`run` must hold the records of the run the release came from: its configuration (the epochs and
+    minutes it was given aside, which resumes change) and epochs up to the release's."""
+    from training.studies.ablation import read_jsonl
+
+    if options is None:
+        raise ReleaseError(f"{run} has no options.json: give the folder holding the released run's records "
+                           f"(it came from {state[RELEASE_KEY].get('source_run')})")
+    differing = [f"{key} {options.get(key)!r} (the release: {value!r})" for key, value in state["config"].items()
+                 if key not in ("epochs", "minutes") and key in options and options[key] != value]
+    if differing:
+        raise ReleaseError(f"{run} holds the records of another run: {', '.join(differing)}")
+    if not (run / "stats.jsonl").is_file():
+        raise ReleaseError(f"{run} has no stats.jsonl: give the folder holding the released run's records")
+    if state["epoch"] not in read_jsonl(run / "stats.jsonl"):
+        raise ReleaseError(f"{run}/stats.jsonl does not reach the release's epoch {state['epoch']}: the records of another run")
+
+
+def check_evaluated_weights(evaluation: dict, weights: Path, eval_path: Path) -> None:
+    """A card's evaluation must be of the weights file itself (not a server or a folder of images)."""
+    source = evaluation.get("source") or {}
+    if source.get("kind") != "checkpoint" or not source.get("path") or Path(source["path"]).resolve() != weights.resolve():
+        raise ReleaseError(f"{eval_path} evaluated {source.get('path') or source.get('url') or source.get('kind', '?')}, not "
+                           f"{repo_relative(weights)}: evaluate it with python -m clients.evaluate --checkpoint {repo_relative(weights)}")
+
+
+def rewrite_card(run: Path, eval_path: Path, out: Path = RELEASED_DIR, log=print) -> Path:
+    """The existing release's MODEL_CARD.md rebuilt around `eval_path`, a newer evaluation of its own
+    weights file (a larger N, another real set). The weights and samples stay as they are, and so does
+    the FID in the weights' release record (what the next release's picture names); `run` is the
+    folder holding the run's records (options.json, stats.jsonl, metrics.jsonl: the run, or the
+    results folder that keeps them once the run is gone)."""
+    out, run = Path(out), Path(run)
+    weights = out / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ReleaseError(f"{out} holds no release ({WEIGHTS_NAME}); make one with --run RUN")
+    state = load_checkpoint(weights)
+    if not is_release(state):
+        raise ReleaseError(f"{weights} is a training checkpoint, not a release; make one with --run RUN")
+    evaluation = read_evaluation(Path(eval_path), state)
+    check_evaluated_weights(evaluation, weights, Path(eval_path))
+    options = read_json(run / "options.json", "the run's options")
+    check_run_records(state, run, options)
+    replaced = (state[RELEASE_KEY].get("replaced") or "an earlier release") if (out / PREVIOUS_NAME).is_file() else None
+    staging = Path(tempfile.mkdtemp(prefix=".card-", dir=out))
+    try:
+        picture = copy_memorisation_picture(evaluation, staging)
+        card = model_card(state, run, options, weights.stat().st_size, sha256_file(weights), evaluation, Path(eval_path),
+                          read_metrics_log(run, state["epoch"]), picture, replaced)
+        (staging / CARD_NAME).write_text(card + "\n")
+        if picture:
+            os.replace(staging / picture, out / picture)
+        os.replace(staging / CARD_NAME, out / CARD_NAME)
+        if not picture:  # the earlier evaluation's picture would describe other faces
+            (out / MEMORISATION_NAME).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"rewrote {out / CARD_NAME} around {eval_path} ({evaluation['n']} generated faces); {WEIGHTS_NAME} and {SAMPLES_NAME} unchanged")
+    return out / CARD_NAME
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,12 +634,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval", type=Path, help="a python -m clients.evaluate ... --out FILE result for the model card")
     parser.add_argument("--name", help="the release's name (default: the run folder's name)")
     parser.add_argument("--force", action="store_true", help="replace an existing release")
+    parser.add_argument("--card-only", action="store_true",
+                        help="keep the release in --out and rebuild its card around --eval, a newer evaluation of its weights; "
+                             "--run: the folder holding the run's records (the run, or the results folder that keeps them)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default %(default)s)")
     parser.add_argument("--model-name", default="bamsgan", help="model directory inside the repository (default %(default)s)")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="also publish generator_fp16.onnx if its parity holds")
     args = parser.parse_args(argv)
-    if args.publish_if_empty and (args.eval or args.name or args.force or args.checkpoint):
-        parser.error("--checkpoint, --eval, --name and --force go with --run")
+    if args.publish_if_empty and (args.eval or args.name or args.force or args.checkpoint or args.card_only):
+        parser.error("--checkpoint, --eval, --name, --force and --card-only go with --run")
+    if args.card_only and (not args.eval or args.name or args.force or args.checkpoint):
+        parser.error("--card-only takes --run and --eval (and --out), nothing else: the release's weights are kept")
     return args
 
 
@@ -578,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.publish_if_empty:
             print(publish_if_empty(args.out, args.repository, args.model_name, args.fp16), flush=True)
+        elif args.card_only:
+            rewrite_card(Path(args.run), args.eval, args.out)
         else:
             write_release(Path(args.run), args.out, args.eval, args.force, args.name, args.checkpoint)
     except parity.ParityError as error:

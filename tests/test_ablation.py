@@ -264,27 +264,42 @@ def test_seed_study_refuses_studies_that_differ_in_more_than_the_seed(study, tmp
 
 
 def test_seed_study_compares_the_cpu_precision_runs_trained_in_not_its_spelling(study, tmp_path):
-    # Runs saved before the cpu_amp field trained in fp32: a study given --no-cpu-amp today joins their
-    # seeds, and one given nothing (bf16 where the CPU has it) is refused.
+    # Runs saved before the cpu_amp field trained in fp32: a study whose runs recorded fp32 joins their
+    # seeds whether it said --no-cpu-amp or took the default; one whose runs asked for bf16 is refused.
     from training.studies import seed_study
 
-    def copy(name, seed, train_args=None, before_the_field=False):
+    def copy(name, seed, train_args=None, cpu_amp=None, before_the_field=False):
         out = tmp_path / name
         shutil.copytree(study, out)
         options = json.loads((out / "study.json").read_text())
         (out / "study.json").write_text(json.dumps({**options, "seed": seed, "train_args": train_args or options["train_args"]}))
-        for path in out.glob("*/options.json") if before_the_field else ():
-            path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "cpu_amp"}))
+        for path in out.glob("*/options.json"):
+            run = json.loads(path.read_text())
+            if before_the_field:
+                run = {**{k: v for k, v in run.items() if k != "cpu_amp"}, "run": {k: v for k, v in run["run"].items() if k != "bf16"}}
+            if cpu_amp is not None:  # as asked, and as trained (a CPU with native bf16)
+                run = {**run, "cpu_amp": cpu_amp, "run": {**run["run"], "bf16": cpu_amp}}
+            path.write_text(json.dumps(run))
         return out
 
     options = json.loads((study / "study.json").read_text())
     older = copy("older", 7, before_the_field=True)
-    fp32 = copy("fp32", 8, train_args=[*options["train_args"], "--no-cpu-amp"])
-    assert seed_study.load_study(older)["options"]["cpu_amp"] is False and seed_study.load_study(study)["options"]["cpu_amp"] is True
-    seed_study.main([str(older), str(fp32), "--out", str(tmp_path / "joined")])
+    fp32 = copy("fp32", 8, train_args=[*options["train_args"], "--no-cpu-amp"], cpu_amp=False)
+    bf16 = copy("bf16", 9, train_args=[*options["train_args"], "--cpu-amp"], cpu_amp=True)
+    bf16_by_default = copy("bf16-default", 10, cpu_amp=True)  # made when bf16 was the default: no flag, its runs say so
+    assert seed_study.load_study(older)["options"]["cpu_amp"] is False and seed_study.load_study(study)["options"]["cpu_amp"] is False
+    assert seed_study.load_study(bf16_by_default)["options"]["cpu_amp"] is True
+    seed_study.main([str(older), str(fp32), str(study), "--out", str(tmp_path / "joined")])
     assert (tmp_path / "joined" / "seeds.md").is_file()
-    with pytest.raises(SystemExit, match="in more than the seed: cpu_amp"):
-        seed_study.main([str(study), str(older), "--out", str(tmp_path / "out")])
+    seed_study.main([str(bf16), str(bf16_by_default), "--out", str(tmp_path / "joined-bf16")])
+    for other in (bf16, bf16_by_default):
+        with pytest.raises(SystemExit, match="in more than the seed: cpu_amp"):
+            seed_study.main([str(other), str(older), "--out", str(tmp_path / "out")])
+    mixed = copy("mixed", 11)  # one variant continued under another default: not one study
+    first = sorted(mixed.glob("*/options.json"))[0]
+    first.write_text(json.dumps({**json.loads(first.read_text()), "cpu_amp": True, "run": {**json.loads(first.read_text())["run"], "bf16": True}}))
+    with pytest.raises(SystemExit, match="trained in different CPU precisions"):
+        seed_study.load_study(mixed)
 
 
 def test_seed_study_verdict_needs_the_difference_beyond_the_spread():

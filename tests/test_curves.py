@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.studies.curves import curve, main, trend
+from training.studies.curves import curve, last_samples, main, trend
 
 
 def write_run(run, threads: int, epochs: list[dict], scores: list[dict]) -> None:
@@ -43,3 +43,29 @@ def test_table_and_plot_are_written_and_bad_input_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "c16"), "--out", str(tmp_path / "x"), "--rate", "c32=100"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "no stats.jsonl" in errors[0] and "no run named 'c32'" in errors[1]
+
+
+def test_samples_picture_shows_each_runs_last_grid_from_either_layout(tmp_path, capsys):
+    """A training run keeps samples/epoch-XXXX.png, a results folder samples-epoch-XXXX.png: the last of each, side by side."""
+    import numpy as np
+    from PIL import Image
+
+    red, green, blue = (200, 0, 0), (0, 200, 0), (0, 0, 200)
+    write_run(tmp_path / "run", 1, [{"epoch": e, "seconds": 600} for e in (1, 2)], [score(2, 70.0, 250.0)])
+    write_run(tmp_path / "kept", 1, [{"epoch": 1, "seconds": 600}], [score(1, 35.0, 300.0)])
+    (tmp_path / "run" / "samples").mkdir()
+    for epoch, colour in ((1, red), (2, green)):
+        Image.fromarray(np.full((64, 64, 3), colour, np.uint8)).save(tmp_path / "run" / "samples" / f"epoch-{epoch:04d}.png")
+    Image.fromarray(np.full((64, 64, 3), blue, np.uint8)).save(tmp_path / "kept" / "samples-epoch-0001.png")
+    assert last_samples(tmp_path / "run") == (2, tmp_path / "run" / "samples" / "epoch-0002.png")
+    assert main([str(tmp_path / "run"), str(tmp_path / "kept"), "--out", str(tmp_path / "out")]) == 0
+    pixels = {tuple(p) for p in np.asarray(Image.open(tmp_path / "out" / "samples.png").convert("RGB")).reshape(-1, 3)}
+    assert green in pixels and blue in pixels and red not in pixels  # the last grid of each run, not an earlier one
+    assert "samples.png" in capsys.readouterr().out
+
+    write_run(tmp_path / "bare", 1, [{"epoch": 1, "seconds": 600}], [score(1, 35.0, 300.0)])
+    assert main([str(tmp_path / "bare"), "--out", str(tmp_path / "out")]) == 0  # the same --out: its old picture goes
+    assert not (tmp_path / "out" / "samples.png").exists() and "no sample grids" in capsys.readouterr().out
+    (tmp_path / "bare" / "samples-epoch-0001.png").write_bytes(b"not a png")
+    assert main([str(tmp_path / "bare"), "--out", str(tmp_path / "out")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -215,6 +215,48 @@ def test_an_earlier_checkpoint_is_released_with_its_own_evaluation_only(run, tmp
     assert "\n| 1 | " in card and "\n| 2 | " not in card  # the run's metrics up to the released epoch
 
 
+def test_card_only_rebuilds_the_card_around_a_newer_evaluation_and_keeps_the_weights(run, tmp_path, capsys):
+    """A release re-scored at another N: the card changes, the weights and samples do not; the run's records
+    may come from a results folder that keeps them; an evaluation of other weights or another run's records is refused."""
+    out = tmp_path / "released"
+    write_release(run, out, name="first", log=lambda line: None)
+    write_release(run, out, force=True, name="second", log=lambda line: None)  # so the card names what it replaced
+    kept = {name: (out / name).read_bytes() for name in (WEIGHTS_NAME, SAMPLES_NAME, release.PREVIOUS_NAME)}
+    records = tmp_path / "results-folder"  # what training/results keeps of a run: no checkpoints
+    records.mkdir()
+    for name in ("options.json", "stats.jsonl", "metrics.jsonl"):
+        shutil.copy(run / name, records / name)
+
+    rescored = evaluate(out / WEIGHTS_NAME, tmp_path / "eval-n24.json")  # the released file itself, METRICS_COUNT faces
+    assert release.main(["--run", str(records), "--eval", str(rescored), "--out", str(out), "--card-only"]) == 0
+    assert "rewrote" in capsys.readouterr().out
+    card = (out / CARD_NAME).read_text()
+    assert f"`{rescored.name}`" in card and f"{METRICS_COUNT} generated faces" in card
+    assert "release this one replaced, first (" in card and release.sha256_file(out / WEIGHTS_NAME) in card
+    assert release.shell_command(json.loads((run / "options.json").read_text())["run"]["command"]) in card
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert sorted(p.name for p in out.iterdir()) == sorted([*kept, CARD_NAME])  # no staging folder left behind
+
+    before = card
+    older = evaluate(sorted((run / "checkpoints").glob("epoch-*.pt"))[0], tmp_path / "eval-epoch-1.json")
+    other = json.loads((records / "options.json").read_text())
+    (records / "options.json").write_text(json.dumps({**other, "seed": other["seed"] + 1}))
+    same_epoch_elsewhere = evaluate(run / LATEST, tmp_path / "eval-training-checkpoint.json")  # same epoch and step, not the release
+    for eval_path, match in ((older, "evaluated epoch 1, step 4"), (same_epoch_elsewhere, "evaluate it with python -m clients.evaluate --checkpoint"),
+                             (rescored, "holds the records of another run: seed")):
+        with pytest.raises(ReleaseError, match=match):
+            release.rewrite_card(records, eval_path, out, log=lambda line: None)
+    with pytest.raises(ReleaseError, match="holds no release"):
+        release.rewrite_card(run, rescored, tmp_path / "empty", log=lambda line: None)
+    (tmp_path / "not-a-release").mkdir()
+    shutil.copy(run / LATEST, tmp_path / "not-a-release" / WEIGHTS_NAME)
+    with pytest.raises(ReleaseError, match="is a training checkpoint, not a release"):
+        release.rewrite_card(run, rescored, tmp_path / "not-a-release", log=lambda line: None)
+    assert (out / CARD_NAME).read_text() == before
+    with pytest.raises(SystemExit):  # --card-only needs --eval: argparse's usage line, exit 2
+        release.parse_args(["--run", str(run), "--card-only"])
+
+
 @pytest.fixture(scope="module")
 def fresh_clone_repository(released, tmp_path_factory) -> tuple[Path, int, str]:
     """A model repository as a fresh clone has it (the tracked config.pbtxt, no version), after

@@ -70,8 +70,8 @@ def side_by_side(panels: list[tuple[np.ndarray, str]], path: str | os.PathLike) 
     height = max(grid.shape[0] for grid, _ in panels)
     width = sum(grid.shape[1] for grid, _ in panels)
     figure, axes = plt.subplots(1, len(panels), figsize=(2 * width / 100 + 0.4, 2 * height / 100 + 0.5), dpi=100,
-                                gridspec_kw={"width_ratios": [grid.shape[1] for grid, _ in panels]})
-    for axis, (grid, label) in zip(axes, panels):
+                                gridspec_kw={"width_ratios": [grid.shape[1] for grid, _ in panels]}, squeeze=False)
+    for axis, (grid, label) in zip(axes[0], panels):
         axis.imshow(grid, interpolation="nearest")
         axis.set_title(label, fontsize=11)
         axis.axis("off")

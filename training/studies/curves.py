@@ -11,13 +11,16 @@ throughput measured on a quiet machine instead (`python -m training.studies.benc
 images/s per thread-count x threads), which is how runs that shared a machine compare fairly.
 
 Writes --out/curves.md (a table per run: epoch, kimg, CPU-hours, FID ± sd, precision, recall, and
-the trend over the last evaluations) and --out/curves.png (FID against kimg, and against CPU-hours).
+the trend over the last evaluations), --out/curves.png (FID against kimg, and against CPU-hours) and
+--out/samples.png: each run's last sample grid side by side (the trainer draws every grid from the
+same 64 seeds), under its epoch, kimg and FID at that epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -105,6 +108,32 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
+def last_samples(run: Path) -> tuple[int, Path] | None:
+    """(epoch, path) of the run's last sample grid: samples/epoch-XXXX.png as the trainer writes it, or
+    samples-epoch-XXXX.png as a results folder keeps it; None when it has none."""
+    grids = [(int(match.group(1)), path) for path in [*run.glob("samples/epoch-*.png"), *run.glob("samples-epoch-*.png")]
+             if (match := re.search(r"epoch-(\d+)\.png$", path.name))]
+    return max(grids) if grids else None
+
+
+def draw_samples(runs: list[Path], curves: dict[str, list[dict]], path: Path) -> Path | None:
+    """The runs' last sample grids side by side, each under its name, epoch, kimg and FID at that epoch; None without grids."""
+    from PIL import Image
+
+    from training.data.images import side_by_side
+
+    panels = []
+    for run in runs:
+        found = last_samples(run)
+        if found is None:
+            continue
+        epoch, grid = found
+        scored = {point["epoch"]: point for point in curves[run.name]}.get(epoch)
+        label = f"{run.name}: epoch {epoch}" + (f", {scored['kimg']:.0f} kimg, FID {scored['fid']:.1f} (N = {scored['n']})" if scored else "")
+        panels.append((np.asarray(Image.open(grid).convert("RGB")), label))
+    return side_by_side(panels, path) if panels else None
+
+
 def parse_rates(pairs: list[str], runs: list[Path]) -> dict[str, float]:
     rates = {}
     for pair in pairs:
@@ -128,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rates = parse_rates(args.rate, args.runs)
         curves = {run.name: curve(run, rates.get(run.name)) for run in args.runs}
+        args.out.mkdir(parents=True, exist_ok=True)
+        samples = draw_samples(args.runs, curves, args.out / "samples.png")
     except (CurvesError, OSError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -136,11 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                                        for name in curves), ""]
     for name, points in curves.items():
         lines += table(name, points)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curves.md").write_text("\n".join(lines) + "\n")
     plot(curves, args.out / "curves.png")
+    if samples is None:  # an earlier call's picture would show other runs
+        (args.out / "samples.png").unlink(missing_ok=True)
     print("\n".join(lines))
-    print(f"wrote {args.out / 'curves.md'} and {args.out / 'curves.png'}")
+    print(f"wrote {args.out / 'curves.md'}, {args.out / 'curves.png'}" + (f" and {samples}" if samples else " (no sample grids)"))
     return 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.stats
 
 from training.studies.ablation import RANKING_METRIC, STUDY_FILE, collect, distortion, mean_sd
-from training.config import BEFORE_THE_FIELDS, TrainConfig
+from training.config import ABLATIONS, BEFORE_THE_FIELDS, TrainConfig
 from training.metrics.face_quality import METRIC_NAMES
 
 LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
@@ -61,17 +61,28 @@ def load_study(study_dir: Path) -> dict:
 CPU_PRECISION_FLAGS = ("--cpu-amp", "--no-cpu-amp")
 
 
+def trained_in_bf16(run: dict) -> bool:
+    """Whether a run (its options.json) trained in bf16 on the CPU: as its first sitting recorded it
+    (run.bf16: asked for and native), else as asked (cpu_amp); runs older than the field trained fp32."""
+    info = run.get("run") or {}
+    return bool(info["bf16"]) if "bf16" in info else bool(run.get("cpu_amp", BEFORE_THE_FIELDS["cpu_amp"]))
+
+
 def with_cpu_precision(study_dir: Path, options: dict) -> dict:
-    """The study's options with its CPU precision resolved (cpu_amp) instead of as spelled in its flags.
-    Runs saved before the cpu_amp field trained in fp32 (training.config.BEFORE_THE_FIELDS), so a study
-    given --no-cpu-amp today repeats them and joins their seeds; one given nothing asks for bf16 (where the CPU
-    has it natively) and does not."""
+    """The study's options with its CPU precision (cpu_amp) as its runs trained in, instead of as spelled in
+    its flags (the variants that set it themselves, sagan-fp32, aside). So a study that trains fp32 today
+    joins the seeds of runs made before the field or under another default; runs of one study that
+    trained in different precisions are refused."""
     train_args = options.get("train_args", [])
     given = [arg for arg in train_args if arg in CPU_PRECISION_FLAGS]
-    run_options = [json.loads(path.read_text()) for path in sorted(study_dir.glob("*/options.json"))]
-    if any("cpu_amp" not in run for run in run_options):
-        cpu_amp = BEFORE_THE_FIELDS["cpu_amp"]
-    else:
+    runs = {path.parent.name: json.loads(path.read_text()) for path in sorted(study_dir.glob("*/options.json"))}
+    trained = {trained_in_bf16(run) for variant, run in runs.items() if "cpu_amp" not in ABLATIONS.get(variant, {})}
+    if len(trained) > 1:
+        raise SystemExit(f"error: the runs of {study_dir} trained in different CPU precisions (bf16 and fp32): "
+                         "they are not one study")
+    if trained:
+        cpu_amp = trained.pop()
+    else:  # every variant sets its own precision: the study's flags, else today's default
         cpu_amp = given[-1] == "--cpu-amp" if given else TrainConfig().cpu_amp
     return {**options, "train_args": [arg for arg in train_args if arg not in CPU_PRECISION_FLAGS], "cpu_amp": cpu_amp}
 
