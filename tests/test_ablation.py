@@ -302,6 +302,26 @@ def test_seed_study_compares_the_cpu_precision_runs_trained_in_not_its_spelling(
         seed_study.load_study(mixed)
 
 
+def test_seed_study_joins_studies_scored_on_other_epochs_at_the_epochs_all_scored(study, tmp_path):
+    """When a study scored (--metrics-every) does not change its training: studies that differ only in it
+    join, and the equal-images comparison takes the last epoch every run scored."""
+    from training.studies import seed_study
+
+    sparse = tmp_path / "sparse"
+    shutil.copytree(study, sparse)
+    options = json.loads((sparse / "study.json").read_text())
+    (sparse / "study.json").write_text(json.dumps({**options, "seed": 7, "metrics_every": 2, "metrics_last": 0}))
+    assert seed_study.differing_flags(seed_study.load_study(study), seed_study.load_study(sparse)) == []
+    seed_study.main([str(study), str(sparse), "--out", str(tmp_path / "joined")])
+    assert (tmp_path / "joined" / "seeds.md").is_file()
+
+    def scored(*epochs):
+        return {"variants": {"a": {epoch: {"fid": 1.0} for epoch in epochs}}}
+
+    assert seed_study.common_epoch([scored(1, 2, 3, 4, 5), scored(2, 4, 6, 7)], ["a"]) == 4  # not 5: the second never scored it
+    assert seed_study.common_epoch([scored(1, 3), scored(2, 4)], ["a"]) is None
+
+
 def test_seed_study_verdict_needs_the_difference_beyond_the_spread():
     from training.studies.seed_study import verdict
 

@@ -95,9 +95,14 @@ def metric_values(entries: dict) -> dict:
     return values
 
 
+# What a study may differ in and still join another: its seed and variants, and when it scored (scoring draws
+# its own seeded faces and leaves training as it is; the comparisons take the epochs and times every run has).
+NOT_COMPARED = ("seed", "variants", "command", "started", "metrics_every", "metrics_last")
+
+
 def study_flags(study: dict) -> dict:
     """The options that must match for runs to differ only by their seed (and variant)."""
-    return {k: v for k, v in study["options"].items() if k not in ("seed", "variants", "command", "started")}
+    return {k: v for k, v in study["options"].items() if k not in NOT_COMPARED}
 
 
 def differing_flags(study: dict, other: dict) -> list[str]:
@@ -181,8 +186,8 @@ def common_minutes(studies: list[dict], variants: list[str]) -> float | None:
 
 def common_epoch(studies: list[dict], variants: list[str]) -> int | None:
     """The last epoch every run scored: equal images for every variant and seed."""
-    lasts = [max(study["variants"][variant], default=0) for study in studies for variant in variants]
-    return min(lasts) or None
+    scored = [set(study["variants"][variant]) for study in studies for variant in variants]
+    return max(set.intersection(*scored), default=None) if scored else None
 
 
 def final_table(studies: list[dict], variants: list[str], pick=at_epoch) -> list[str]:
