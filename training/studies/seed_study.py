@@ -147,10 +147,12 @@ def check_comparable(studies: list[dict]) -> None:
 
 
 def select_variants(studies: list[dict], names: list[str]) -> list[dict]:
-    """Only the variants `names`, in that order: the first is the one every verdict compares against."""
-    unknown = [name for name in names if name not in studies[0]["variants"]]
-    if unknown or not names:
-        raise SystemExit(f"error: --variants {','.join(names)}: the studies have {', '.join(studies[0]['variants'])}")
+    """Only the variants `names`, in that order: the first is the one every verdict compares against. Every
+    seed must have them all."""
+    for study in studies:
+        if not names or any(name not in study["variants"] for name in names):
+            raise SystemExit(f"error: --variants {','.join(names)}: {study['dir']} (seed {study['seed']}) has "
+                             f"{', '.join(study['variants'])}")
     return [{**study, "variants": {name: study["variants"][name] for name in names},
              "images_per_s": {name: study["images_per_s"][name] for name in names},
              "options": {**study["options"], "variants": list(names)}} for study in studies]
@@ -348,9 +350,9 @@ def main(argv: list[str] | None = None) -> None:
                                            "(default all, in the studies' order)")
     args = parser.parse_args(argv)
     studies = merge_by_seed([load_study(path) for path in args.studies])
-    check_comparable(studies)
-    if args.variants:
+    if args.variants:  # first: a seed may hold more variants than the ones compared
         studies = select_variants(studies, args.variants.split(","))
+    check_comparable(studies)
     print(f"report: {write(studies, args.out)}")
 
 
