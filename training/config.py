@@ -216,7 +216,7 @@ CANDIDATES: dict[str, dict] = {
     "sagan-diffaugment": dict(blur=False, memory=False, augment="color,translation"),
     "sagan-c32": dict(blur=False, memory=False, channels=32),  # twice the width: FID per CPU-hour against c = 16
     "sagan-g-attention-16": dict(blur=False, memory=False, g_attention="16"),  # no 32x32 attention: FID per CPU-hour
-    "sagan-fp32": dict(blur=False, memory=False, cpu_amp=False),  # SAGAN in fp32 whatever the study's --cpu-amp: its twin
+    "sagan-bf16": dict(blur=False, memory=False, cpu_amp=True),  # SAGAN in bf16 autocast where the CPU has it: the long-run question
 }
 
 # The student reports' and the paper's baselines, on SAGAN's networks (blur and memory off) so only the

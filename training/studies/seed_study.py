@@ -70,7 +70,7 @@ def trained_in_bf16(run: dict) -> bool:
 
 def with_cpu_precision(study_dir: Path, options: dict) -> dict:
     """The study's options with its CPU precision (cpu_amp) as its runs trained in, instead of as spelled in
-    its flags (the variants that set it themselves, sagan-fp32, aside). So a study that trains fp32 today
+    its flags (the variants that set it themselves, sagan-bf16, aside). So a study that trains fp32 today
     joins the seeds of runs made before the field or under another default; runs of one study that
     trained in different precisions are refused."""
     train_args = options.get("train_args", [])
