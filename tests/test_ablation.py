@@ -1,6 +1,7 @@
 """The ablation study: every variant trained alike by the real trainer, a report rebuilt from the runs,
 an interrupted study continued without retraining what finished, other options refused."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -11,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.studies.ablation import LATEST, final_table, main, plot_metrics, ranked, read_jsonl, seed_rows, stop_epochs
+from training.studies.ablation import (LATEST, final_table, main, parse_args, plot_metrics, ranked, read_jsonl, replay_start,
+                                      seed_rows, stop_epochs, study_options, train_config)
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.config import TrainConfig
 from training.constants import Z_DIM
@@ -205,6 +207,13 @@ def test_seed_study_reports_mean_and_spread_across_real_studies(study, study_see
     swd_column = seed_study.TABLE_METRICS.index("swd") + 4  # variant, kimg, img/s, then the metrics
     assert row.split(" | ")[swd_column] == f"{np.mean(finals):.4g} ± {np.std(finals, ddof=1):.2g}"
     assert "## Verdict" in report and "bamsgan" in report.split("## Verdict")[1]
+    others = report.split("## The other metrics at the last scored epoch")[1].split("\n## ")[0]
+    first, pairs = figures["studies"][0]["options"]["variants"][0], len(figures["studies"][0]["variants"]) - 1
+    verdicts = [line for line in others.splitlines() if line.startswith(f"- {first} ")]
+    assert len(verdicts) == len(seed_study.PAIRED_METRICS) * pairs  # each metric against each other variant
+    for name in seed_study.PAIRED_METRICS:  # its means and paired test, or why it has none (tiny runs lack some)
+        assert sum(f"needs {name} " in line or f"{first} {name} " in line for line in verdicts) == pairs
+    assert others.count("paired by seed:") == sum("needs " not in line for line in verdicts)
     assert "(equal CPU time; interpolated" in report and "Verdict at" in report
     assert Image.open(tmp_path / "seeds" / "seeds.png").size[0] > 300
 
@@ -385,6 +394,19 @@ def test_a_study_ended_by_its_time_budget_says_so_not_unfinished(cache, tmp_path
     assert all(max(read_jsonl(out / variant / "stats.jsonl")) == 1 for variant in VARIANTS)
     assert "**Ended by the time budget**" in report and "bamsgan after 1 epochs" in report
     assert "Unfinished" not in report
+
+
+def test_the_plot_marks_the_memory_replay_where_the_runs_recorded_it(tmp_path):
+    # A fork of a run without memory fills the memory after the fork and replays it from the next epoch:
+    # the study's flags alone place the replay at the preset's epoch; the run's options.json knows.
+    options, train_args = parse_args(["--variants", "memory-only", "--epochs", "43"])
+    options = study_options(options, train_args, None)
+    from_flags = train_config(options, "memory-only")
+    assert replay_start(tmp_path, options) == from_flags.memory_replay_epoch + 1
+    (tmp_path / "memory-only").mkdir()
+    recorded = {**dataclasses.asdict(from_flags), "memory_fill_epoch": 38, "memory_replay_epoch": 39, "run": {"forked_from": {"epoch": 38}}}
+    (tmp_path / "memory-only" / "options.json").write_text(json.dumps(recorded))
+    assert replay_start(tmp_path, options) == 40
 
 
 def test_a_late_training_study_forks_one_checkpoint_into_each_variant(study, cache, tmp_path):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import ABLATIONS, PAPER_ABLATIONS, PRESETS, TrainConfig
+from training.config import ABLATIONS, PAPER_ABLATIONS, PRESETS, TrainConfig, config_from_dict
 from training.config import parse_args as parse_train_args
 
 STUDY_FILE = "study.json"
@@ -479,10 +479,15 @@ def unavailable_notes(runs: dict, names: list[str]) -> list[str]:
     return [f"- {name}: n/a — {reason}" for name, reason in notes.items()]
 
 
-def replay_start(options: dict) -> int | None:
-    """The first epoch (1-based, as in the logs) whose D steps replay the memory, for the variants that have one."""
+def replay_start(study_dir: Path, options: dict) -> int | None:
+    """The first epoch (1-based, as in the logs) whose D steps replay the memory, for the variants that have one:
+    as the run recorded it (a fork moves the replay to after its own fill), else as the study's flags give it."""
     for variant in options["variants"]:
-        config = train_config(options, variant)
+        recorded = study_dir / variant / "options.json"
+        if recorded.is_file():
+            config = config_from_dict({k: v for k, v in json.loads(recorded.read_text()).items() if k != "run"})
+        else:
+            config = train_config(options, variant)
         if config.memory and config.memory_replay_epoch < config.epochs:
             return config.memory_replay_epoch + 1
     return None
@@ -493,7 +498,7 @@ def write_report(study_dir: Path, options: dict) -> Path:
     runs = collect(study_dir, options)
     names = metric_names(runs)
     last_epochs = list(range(options["epochs"] - options["metrics_last"] + 1, options["epochs"] + 1))
-    replay = replay_start(options)
+    replay = replay_start(study_dir, options)
     plot = plot_metrics(runs, names, study_dir / "metrics.png", replay)
     grid = seed_grid(study_dir, options["variants"], options["grid_seeds"], study_dir / "grid.png")
     lines = [*report_header(options), *report_status(runs, options), *report_tables(runs, names, last_epochs)]

@@ -37,6 +37,7 @@ from training.metrics.face_quality import METRIC_NAMES
 
 LOWER_IS_BETTER = {"fid", "kid", "swd", "dr"}  # the rest (precision, recall, ratios to real) are better higher
 TABLE_METRICS = ("fid", "kid", "precision", "recall", "swd", "sharpness", "diversity", "dr")
+PAIRED_METRICS = ("precision", "recall", "sharpness", "dr")  # judged beside FID, each on its own (FID ranks)
 
 
 def load_study(study_dir: Path) -> dict:
@@ -320,7 +321,9 @@ def write(studies: list[dict], out: Path) -> Path:
              "A --minutes budget ends a run at the end of the epoch that spends it, so the train minutes differ a little.", "",
              *final_table(studies, variants), "",
              f"## {RANKING_METRIC.upper()} of each seed at its last scored epoch", "", *per_seed_table(studies, variants, lambda study, variant: at_epoch(study, variant).get(RANKING_METRIC)), "",
-             "## Verdict at the last scored epoch", "", *verdict(studies, variants), ""]
+             "## Verdict at the last scored epoch", "", *verdict(studies, variants), "",
+             "## The other metrics at the last scored epoch, each judged as FID is", "",
+             *(line for name in PAIRED_METRICS for line in verdict(studies, variants, name=name)), ""]
     epoch = common_epoch(studies, variants)
     if epoch is not None:
         lines += comparison(studies, variants, functools.partial(at_epoch, epoch=epoch), f"epoch {epoch}",
